@@ -1,0 +1,1124 @@
+"""plexauth: the Plex authentication API in one file.
+
+Sign in to plex.tv (with a 2FA code), read the account behind a token, mint a
+transient token on a Plex Media Server, and get the connection details and
+token of a source the server knows.  The only dependency is urllib3.
+
+Example::
+
+    import dataclasses, plexauth
+
+    config = plexauth.Config(client_identifier="my-cron-job-7f3c")
+    account = plexauth.post_users_sign_in_data(config, "me@example.com", "s3cret")
+    config = dataclasses.replace(config, token=account.auth_token)
+    print(plexauth.get_token_details(config).username)
+
+Tokens and passwords never appear in a repr, an exception, a log line or a
+URL: tokens travel in the ``X-Plex-Token`` header only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import http
+import http.client
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+import urllib.parse
+from typing import Any, Callable, Mapping, TypeVar
+
+import urllib3
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # configuration
+    "Config",
+    # enums
+    "GetTransientTokenQueryParamType",
+    "Scope",
+    # models
+    "Connection",
+    "SourceConnectionInformation",
+    "Service",
+    "Subscription",
+    "UserProfile",
+    "UserPlexAccount",
+    # errors
+    "PlexAuthError",
+    "APIError",
+    "BadRequestError",
+    "UnauthorizedError",
+    "TwoFactorRequiredError",
+    "RateLimitedError",
+    "ResponseError",
+    "TransportError",
+    # operations
+    "get_transient_token",
+    "get_source_connection_information",
+    "get_token_details",
+    "post_users_sign_in_data",
+]
+
+# =============================================================================
+# Constants
+# =============================================================================
+
+_log = logging.getLogger("plexauth")
+_log.addHandler(logging.NullHandler())
+
+#: An answer body larger than this is not read further (``ResponseError``).
+MAX_BODY_BYTES = 8 * 1024 * 1024
+#: Backoff before the first retry of a GET; it doubles for each later one.
+_BACKOFF_SECONDS = 0.5
+#: Longest wait between two tries.  A ``Retry-After`` above it is not waited
+#: for: the error is raised at once with ``retry_after`` set, because sleeping
+#: for an hour inside a cron job helps nobody.
+MAX_RETRY_WAIT_SECONDS = 30.0
+_MAX_REDIRECTS = 5
+_REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
+_RETRY_STATUSES = frozenset((429, 502, 503, 504))
+# Plex documents are shallow; anything deeper is hostile or broken.
+_MAX_XML_DEPTH = 32
+_KEPT_ERROR_BODY = 64 * 1024
+
+_CODE_TWO_FACTOR = 1029
+_CODE_RATE_LIMITED = 1003
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_INT_TEXT = re.compile(r"[+-]?[0-9]{1,18}")
+_XML_DECLARATIONS = re.compile(rb"<!(?:DOCTYPE|ENTITY)", re.IGNORECASE)
+
+# X-Plex-* headers, in the order they are sent, from Config fields.
+_PLEX_HEADERS = (
+    ("client_identifier", "X-Plex-Client-Identifier"),
+    ("product", "X-Plex-Product"),
+    ("version", "X-Plex-Version"),
+    ("platform", "X-Plex-Platform"),
+    ("platform_version", "X-Plex-Platform-Version"),
+    ("device", "X-Plex-Device"),
+    ("device_name", "X-Plex-Device-Name"),
+    ("model", "X-Plex-Model"),
+    ("device_vendor", "X-Plex-Device-Vendor"),
+    ("marketplace", "X-Plex-Marketplace"),
+)
+_TOKEN_HEADER = "X-Plex-Token"  # noqa: S105 (a header name)
+
+T = TypeVar("T")
+
+# =============================================================================
+# Enums
+# =============================================================================
+
+
+class GetTransientTokenQueryParamType(str, enum.Enum):
+    """The ``type`` of a transient token; ``delegation`` is the only one."""
+
+    DELEGATION = "delegation"
+
+
+class Scope(str, enum.Enum):
+    """The ``scope`` of a transient token; ``all`` is the only one."""
+
+    ALL = "all"
+
+
+# =============================================================================
+# Shared dataclass helpers: masked repr and field specs
+# =============================================================================
+
+
+def _field(
+    key: str,
+    convert: Callable[[Any], Any],
+    *,
+    secret: bool = False,
+    required: bool = False,
+    default: Any = None,
+) -> Any:
+    """A model field decoded from wire key ``key`` by ``convert``."""
+    meta = {"key": key, "convert": convert, "secret": secret, "required": required}
+    if required:
+        return dataclasses.field(metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _secret_field(default: Any = None) -> Any:
+    return dataclasses.field(default=default, metadata={"secret": True})
+
+
+class _Masked:
+    """Gives dataclasses a repr that shows secret fields as ``'***'``."""
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if not f.repr:
+                continue
+            value = getattr(self, f.name)
+            if f.metadata.get("secret") and value is not None:
+                parts.append(f"{f.name}='***'")
+            else:
+                parts.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    __str__ = __repr__
+
+
+# =============================================================================
+# Configuration
+# =============================================================================
+
+
+def _check_text(name: str, value: object, *, optional: bool, secret: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"Config.{name} must be a str, not {type(value).__name__}")
+    shown = "" if secret else f", got {value!r}"
+    if not value.strip():
+        raise ValueError(f"Config.{name} must not be empty{shown}")
+    if _CONTROL_CHARS.search(value):
+        raise ValueError(f"Config.{name} must not contain control characters{shown}")
+
+
+def _check_url(name: str, value: object) -> None:
+    _check_text(name, value, optional=False)
+    assert isinstance(value, str)
+    try:
+        url = urllib3.util.parse_url(value)
+    except urllib3.exceptions.LocationParseError:
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"Config.{name} must be an http:// or https:// URL with a host, got {value!r}")
+    if url.query is not None or url.fragment is not None or url.auth is not None:
+        raise ValueError(
+            f"Config.{name} must not carry credentials, a query or a fragment, got {value!r}"
+        )
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Config(_Masked):
+    """Who is calling, which servers, and how to talk to them.
+
+    Frozen and validated: a wrong type raises ``TypeError``, a wrong value
+    ``ValueError``, each naming the field (a secret's value is never shown).
+    ``dataclasses.replace(config, token=...)`` gives a changed copy.
+
+    Example::
+
+        config = Config(client_identifier="my-cron-job-7f3c", token=token,
+                        server_url="http://192.0.2.10:32400")
+    """
+
+    client_identifier: str
+    token: str | None = _secret_field()
+    server_url: str = "http://localhost:32400"
+    plex_tv_url: str = "https://plex.tv/api/v2"
+    product: str = "plexauth"
+    version: str = __version__
+    platform: str | None = None
+    platform_version: str | None = None
+    device: str | None = None
+    device_name: str | None = None
+    model: str | None = None
+    device_vendor: str | None = None
+    marketplace: str | None = None
+    timeout: float = 10.0
+    retries: int = 2
+    verify: bool | str = True
+    pool: urllib3.PoolManager | None = dataclasses.field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        for name, _header in _PLEX_HEADERS:
+            required = name in ("client_identifier", "product", "version")
+            _check_text(name, getattr(self, name), optional=not required)
+        _check_text("token", self.token, optional=True, secret=True)
+        _check_url("server_url", self.server_url)
+        _check_url("plex_tv_url", self.plex_tv_url)
+        if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)):
+            raise TypeError(f"Config.timeout must be a number of seconds, not {type(self.timeout).__name__}")
+        if not math.isfinite(self.timeout) or self.timeout <= 0:
+            raise ValueError(f"Config.timeout must be a positive number of seconds, got {self.timeout!r}")
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int):
+            raise TypeError(f"Config.retries must be an int, not {type(self.retries).__name__}")
+        if not 0 <= self.retries <= 10:
+            raise ValueError(f"Config.retries must be between 0 and 10, got {self.retries!r}")
+        if isinstance(self.verify, str):
+            if not os.path.exists(self.verify):
+                raise ValueError(f"Config.verify names no CA bundle file: {self.verify!r}")
+        elif not isinstance(self.verify, bool):
+            raise TypeError(f"Config.verify must be a bool or a CA bundle path, not {type(self.verify).__name__}")
+        if self.pool is not None:
+            if not isinstance(self.pool, urllib3.PoolManager):
+                raise TypeError(f"Config.pool must be a urllib3.PoolManager, not {type(self.pool).__name__}")
+            if self.verify is not True:
+                raise ValueError("Config.verify cannot be changed when Config.pool is given: set TLS on the pool")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Config:
+        """Build a Config from ``PLEX_CLIENT_IDENTIFIER``, ``PLEX_TOKEN``,
+        ``PLEX_SERVER_URL`` and ``PLEX_TV_URL``; keyword arguments win.
+
+        Unset or empty variables are ignored.  Raises ``ValueError`` when no
+        client identifier is given either way.
+
+        Example::
+
+            config = Config.from_env(timeout=5.0)
+        """
+        values: dict[str, Any] = {}
+        for name, variable in (
+            ("client_identifier", "PLEX_CLIENT_IDENTIFIER"),
+            ("token", "PLEX_TOKEN"),
+            ("server_url", "PLEX_SERVER_URL"),
+            ("plex_tv_url", "PLEX_TV_URL"),
+        ):
+            if os.environ.get(variable):
+                values[name] = os.environ[variable]
+        values.update(overrides)
+        if "client_identifier" not in values:
+            raise ValueError("Config.client_identifier is required: set PLEX_CLIENT_IDENTIFIER or pass it")
+        return cls(**values)
+
+
+# =============================================================================
+# Models
+# =============================================================================
+# Decoding is driven by field metadata: each field names its wire key and a
+# converter.  Converters accept the JSON type and the XML attribute string
+# (XML has only strings) and give None for anything else, so one odd optional
+# value never rejects a whole answer.  Required fields raise _Invalid.
+
+
+class _Invalid(ValueError):
+    """The answer is well-formed but lacks what the model needs."""
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
+        return int(value)
+    return None
+
+
+def _bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if value in (0, 1, "0", "1"):
+        return bool(int(value))
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return None
+
+
+def _time(value: Any) -> datetime.datetime | None:
+    seconds = _int(value)
+    if seconds is None:
+        return None
+    try:
+        return datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _items(value: Any) -> list[Any]:
+    """A JSON list, or an XML element that appeared once (or empty)."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict) and value:
+        return [value]
+    return []
+
+
+def _strs(value: Any) -> tuple[str, ...]:
+    # XML lists strings as <features><feature id="..."/></features>.
+    out = []
+    for item in _items(value):
+        text = item.get("id") if isinstance(item, dict) else item
+        if isinstance(text, str):
+            out.append(text)
+    return tuple(out)
+
+
+_SPECS: dict[type, tuple[tuple[str, str, Callable[[Any], Any], bool], ...]] = {}
+
+M = TypeVar("M")
+
+
+def _build(cls: type[M], data: Any) -> M:
+    """Decode the JSON object (or XML element) ``data`` into model ``cls``."""
+    if not isinstance(data, dict):
+        raise _Invalid(f"expected an object for {cls.__name__}, got {type(data).__name__}")
+    specs = _SPECS.get(cls)
+    if specs is None:
+        specs = _SPECS[cls] = tuple(
+            (f.name, f.metadata["key"], f.metadata["convert"], f.metadata["required"])
+            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            if "key" in f.metadata
+        )
+    values: dict[str, Any] = {"raw": data}
+    for name, key, convert, required in specs:
+        value = convert(data.get(key))
+        if value is None and required:
+            raise _Invalid(f"{key!r} is missing or has the wrong type")
+        values[name] = value
+    return cls(**values)
+
+
+def _one(cls: type[M]) -> Callable[[Any], M | None]:
+    def convert(value: Any) -> M | None:
+        if isinstance(value, list):
+            value = value[0] if value else None
+        return _build(cls, value) if isinstance(value, dict) else None
+
+    return convert
+
+
+def _many(cls: type[M]) -> Callable[[Any], tuple[M, ...]]:
+    def convert(value: Any) -> tuple[M, ...]:
+        return tuple(_build(cls, item) for item in _items(value) if isinstance(item, dict))
+
+    return convert
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Connection(_Masked):
+    """One way to reach a source: ``uri`` is ready to use."""
+
+    protocol: str | None = _field("protocol", _str)
+    address: str | None = _field("address", _str)
+    port: int | None = _field("port", _int)
+    uri: str | None = _field("uri", _str)
+    local: bool | None = _field("local", _bool)
+    relay: bool | None = _field("relay", _bool)
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class SourceConnectionInformation(_Masked):
+    """A source the server knows: its name, id, access token and connections."""
+
+    name: str | None = _field("name", _str)
+    client_identifier: str | None = _field("clientIdentifier", _str)
+    access_token: str | None = _field("accessToken", _str, secret=True)
+    connections: tuple[Connection, ...] = _field("Connection", _many(Connection), default=())
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Subscription(_Masked):
+    """A Plex Pass subscription; ``status`` is kept as the server's string."""
+
+    active: bool | None = _field("active", _bool)
+    subscribed_at: str | None = _field("subscribedAt", _str)
+    status: str | None = _field("status", _str)
+    payment_service: str | None = _field("paymentService", _str)
+    plan: str | None = _field("plan", _str)
+    features: tuple[str, ...] = _field("features", _strs, default=())
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class UserProfile(_Masked):
+    """Playback preferences of an account (modes are the server's integers)."""
+
+    auto_select_audio: bool | None = _field("autoSelectAudio", _bool)
+    default_audio_language: str | None = _field("defaultAudioLanguage", _str)
+    default_audio_languages: tuple[str, ...] = _field("defaultAudioLanguages", _strs, default=())
+    default_audio_accessibility: int | None = _field("defaultAudioAccessibility", _int)
+    default_subtitle_language: str | None = _field("defaultSubtitleLanguage", _str)
+    default_subtitle_languages: tuple[str, ...] = _field("defaultSubtitleLanguages", _strs, default=())
+    auto_select_subtitle: int | None = _field("autoSelectSubtitle", _int)
+    default_subtitle_accessibility: int | None = _field("defaultSubtitleAccessibility", _int)
+    default_subtitle_forced: int | None = _field("defaultSubtitleForced", _int)
+    watched_indicator: int | None = _field("watchedIndicator", _int)
+    media_reviews_visibility: int | None = _field("mediaReviewsVisibility", _int)
+    media_reviews_languages: tuple[str, ...] = _field("mediaReviewsLanguages", _strs, default=())
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Service(_Masked):
+    """A plex.tv service bound to the account; ``token``/``secret`` are masked."""
+
+    identifier: str | None = _field("identifier", _str)
+    endpoint: str | None = _field("endpoint", _str)
+    token: str | None = _field("token", _str, secret=True)
+    secret: str | None = _field("secret", _str, secret=True)
+    status: str | None = _field("status", _str)
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class UserPlexAccount(_Masked):
+    """A plex.tv account, as ``GET /user`` and ``POST /users/signin`` answer.
+
+    ``id``, ``uuid``, ``username`` and ``auth_token`` are always set; any
+    other field the server omits or sends in an unexpected type is ``None``
+    (or empty), and every field sent is still in ``raw``.
+    """
+
+    id: int = _field("id", _int, required=True)
+    uuid: str = _field("uuid", _str, required=True)
+    username: str = _field("username", _str, required=True)
+    auth_token: str = _field("authToken", _str, required=True, secret=True)
+    title: str | None = _field("title", _str)
+    email: str | None = _field("email", _str)
+    friendly_name: str | None = _field("friendlyName", _str)
+    joined_at: datetime.datetime | None = _field("joinedAt", _time)
+    has_password: bool | None = _field("hasPassword", _bool)
+    two_factor_enabled: bool | None = _field("twoFactorEnabled", _bool)
+    remember_expires_at: datetime.datetime | None = _field("rememberExpiresAt", _time)
+    locale: str | None = _field("locale", _str)
+    country: str | None = _field("country", _str)
+    thumb: str | None = _field("thumb", _str)
+    confirmed: bool | None = _field("confirmed", _bool)
+    email_only_auth: bool | None = _field("emailOnlyAuth", _bool)
+    experimental_features: bool | None = _field("experimentalFeatures", _bool)
+    anonymous: bool | None = _field("anonymous", _bool)
+    guest: bool | None = _field("guest", _bool)
+    home: bool | None = _field("home", _bool)
+    home_admin: bool | None = _field("homeAdmin", _bool)
+    home_size: int | None = _field("homeSize", _int)
+    max_home_size: int | None = _field("maxHomeSize", _int)
+    protected: bool | None = _field("protected", _bool)
+    restricted: bool | None = _field("restricted", _bool)
+    backup_codes_created: bool | None = _field("backupCodesCreated", _bool)
+    mailing_list_active: bool | None = _field("mailingListActive", _bool)
+    mailing_list_status: str | None = _field("mailingListStatus", _str)
+    ads_consent: bool | None = _field("adsConsent", _bool)
+    ads_consent_set_at: datetime.datetime | None = _field("adsConsentSetAt", _time)
+    ads_consent_reminder_at: datetime.datetime | None = _field("adsConsentReminderAt", _time)
+    scrobble_types: str | None = _field("scrobbleTypes", _str)
+    subscription_description: str | None = _field("subscriptionDescription", _str)
+    attribution_partner: str | None = _field("attributionPartner", _str)
+    pin: str | None = _field("pin", _str, secret=True)
+    subscription: Subscription | None = _field("subscription", _one(Subscription))
+    subscriptions: tuple[Subscription, ...] = _field("subscriptions", _many(Subscription), default=())
+    profile: UserProfile | None = _field("profile", _one(UserProfile))
+    services: tuple[Service, ...] = _field("services", _many(Service), default=())
+    roles: tuple[str, ...] = _field("roles", _strs, default=())
+    entitlements: tuple[str, ...] = _field("entitlements", _strs, default=())
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+
+# =============================================================================
+# Errors
+# =============================================================================
+
+
+def _restore(cls: type, args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
+    exc: BaseException = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+class PlexAuthError(Exception):
+    """Base of every error plexauth raises: catch it to catch them all."""
+
+    def __init__(self, message: str, *, method: str | None = None, path: str | None = None) -> None:
+        super().__init__(message)
+        self.method = method
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore, (type(self), self.args, self.__dict__))
+
+
+class APIError(PlexAuthError):
+    """The server answered with a non-2xx status; retry only if it says so."""
+
+    def __init__(
+        self,
+        status: int,
+        code: int | None = None,
+        message: str | None = None,
+        *,
+        method: str = "GET",
+        path: str = "/",
+        errors: tuple[Mapping[str, Any], ...] = (),
+        body: bytes = b"",
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.errors = errors
+        self.body = body
+        super().__init__(self._sentence(method, path), method=method, path=path)
+
+    def _sentence(self, method: str, path: str) -> str:
+        try:
+            reason = f"{self.status} {http.HTTPStatus(self.status).phrase}"
+        except ValueError:
+            reason = str(self.status)
+        text = f"{method} {path} failed with {reason}"
+        if self.message:
+            text += f": {self.message}"
+        if self.code is not None:
+            text += f" (code {self.code})"
+        return text
+
+
+class BadRequestError(APIError):
+    """400: the request was malformed; retrying the same request will not help."""
+
+
+class UnauthorizedError(APIError):
+    """401 (or a Plex Media Server's 403): the token or credentials are not accepted; do not retry."""
+
+
+class TwoFactorRequiredError(UnauthorizedError):
+    """plex.tv code 1029: sign in again with the (correct) verification code."""
+
+
+class RateLimitedError(APIError):
+    """429 (plex.tv code 1003): safe to retry after ``retry_after`` seconds (None if unknown)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: int | None = None,
+        message: str | None = None,
+        *,
+        retry_after: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(status, code, message, **kwargs)
+
+    def _sentence(self, method: str, path: str) -> str:
+        text = super()._sentence(method, path)
+        if self.retry_after is not None:
+            text += f"; retry after {self.retry_after:g} s"
+        return text
+
+
+class ResponseError(PlexAuthError):
+    """A 2xx answer whose body could not be decoded into the model; retrying rarely helps."""
+
+    def __init__(self, reason: str, *, status: int, method: str, path: str) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(
+            f"{method} {path} answered {status} with a body that could not be used: {reason}",
+            method=method,
+            path=path,
+        )
+
+
+class TransportError(PlexAuthError):
+    """The server could not be reached or the connection broke (refused, reset,
+    timeout, TLS failure); a retry later may work, but a sign-in may have reached
+    plex.tv if the connection broke after sending."""
+
+    def __init__(self, reason: str, *, method: str, path: str) -> None:
+        self.reason = reason
+        super().__init__(f"{method} {path} could not complete: {reason}", method=method, path=path)
+
+
+# =============================================================================
+# The request core: build, send, classify, decode
+# =============================================================================
+
+_pools: dict[bool | str, urllib3.PoolManager] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(config: Config) -> urllib3.PoolManager:
+    """The caller's pool, else one module pool per TLS setting, made on first use."""
+    if config.pool is not None:
+        return config.pool
+    with _pools_lock:
+        pool = _pools.get(config.verify)
+        if pool is None:
+            tls: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED" if config.verify else "CERT_NONE"}
+            if isinstance(config.verify, str):
+                tls["ca_certs"] = config.verify
+            pool = _pools[config.verify] = urllib3.PoolManager(num_pools=16, maxsize=8, **tls)
+        return pool
+
+
+def _header_text(value: str) -> str:
+    # http.client sends str headers as Latin-1; carry UTF-8 bytes through it.
+    return value.encode("utf-8").decode("latin-1")
+
+
+def _headers(config: Config, send_token: bool) -> dict[str, str]:
+    headers = {"Accept": "application/json", "User-Agent": f"plexauth/{__version__}"}
+    for name, header in _PLEX_HEADERS:
+        value = getattr(config, name)
+        if value is not None:
+            headers[header] = _header_text(value)
+    if send_token and config.token is not None:
+        headers[_TOKEN_HEADER] = _header_text(config.token)
+    return headers
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, secret-free reason for a transport failure."""
+    kind = "connection failed"
+    # NewConnectionError subclasses ConnectTimeoutError, so it goes first.
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        kind = "could not connect"
+    elif isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
+        kind = "timed out"
+    elif isinstance(exc, urllib3.exceptions.SSLError):
+        kind = "TLS failed"
+    elif isinstance(exc, urllib3.exceptions.ProtocolError):
+        kind = "connection broken"
+    # The innermost OS error says why (refused, reset, certificate verify failed).
+    seen = set()
+    detail = None
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and not isinstance(current, urllib3.exceptions.HTTPError):
+            detail = current.strerror or str(current) or type(current).__name__
+        reason = getattr(current, "reason", None)
+        nested = [a for a in getattr(current, "args", ()) if isinstance(a, BaseException)]
+        current = (
+            reason if isinstance(reason, BaseException)
+            else nested[0] if nested
+            else current.__cause__ or current.__context__
+        )
+    return f"{kind} ({detail})" if detail else f"{kind} ({type(exc).__name__})"
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib3.util.parse_url(url)
+    default = 443 if parts.scheme == "https" else 80
+    return (parts.scheme or "", (parts.host or "").lower(), parts.port or default)
+
+
+def _read_capped(response: Any, method: str, path: str) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = response.read(65536)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            response.close()
+            raise ResponseError(
+                f"the body is larger than {MAX_BODY_BYTES} bytes",
+                status=response.status,
+                method=method,
+                path=path,
+            )
+        chunks.append(chunk)
+
+
+class _Answer:
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+def _exchange(
+    config: Config, method: str, url: str, headers: dict[str, str], body: bytes | None, path: str
+) -> _Answer:
+    """One request and its whole answer; no retries, no redirects."""
+    started = time.monotonic()
+    try:
+        response = _pool(config).urlopen(
+            method,
+            url,
+            body=body,
+            headers=headers,
+            retries=False,
+            redirect=False,
+            timeout=config.timeout,
+            preload_content=False,
+        )
+        try:
+            data = _read_capped(response, method, path)
+        finally:
+            response.release_conn()
+    except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+        reason = _describe(exc)
+        _log.debug("%s %s failed: %s (%.3f s)", method, path, reason, time.monotonic() - started)
+        raise TransportError(reason, method=method, path=path) from exc
+    _log.debug("%s %s -> %d (%.3f s)", method, path, response.status, time.monotonic() - started)
+    return _Answer(response.status, response.headers, data)
+
+
+def _fetch(
+    config: Config, method: str, url: str, headers: dict[str, str], body: bytes | None, path: str
+) -> _Answer:
+    """One try, following redirects for GETs; the token never leaves its origin."""
+    origin = _origin(url)
+    answer = _exchange(config, method, url, headers, body, path)
+    for _ in range(_MAX_REDIRECTS):
+        location = answer.headers.get("Location")
+        if method != "GET" or answer.status not in _REDIRECT_STATUSES or not location:
+            break
+        try:
+            url = urllib.parse.urljoin(url, location)
+            if urllib3.util.parse_url(url).scheme not in ("http", "https"):
+                break
+        except ValueError:  # includes urllib3's LocationParseError
+            break
+        if _TOKEN_HEADER in headers and _origin(url) != origin:
+            headers = {k: v for k, v in headers.items() if k != _TOKEN_HEADER}
+        answer = _exchange(config, method, url, headers, body, path)
+    return answer
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    import email.utils  # noqa: PLC0415 (only a dated Retry-After needs it)
+
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
+
+
+def _mask(body: bytes, secrets: tuple[str, ...]) -> bytes:
+    """Blank out this request's secrets where the server echoed them."""
+    for secret in secrets:
+        forms = {
+            secret,
+            json.dumps(secret)[1:-1],
+            json.dumps(secret, ensure_ascii=False)[1:-1],
+            urllib.parse.quote_plus(secret),
+            secret.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;"),
+        }
+        for form in forms:
+            body = body.replace(form.encode("utf-8"), b"***")
+    return body
+
+
+def _xml_node(element: Any, depth: int) -> Any:
+    """An XML element as its JSON twin: attributes become keys, repeated or
+    plural-wrapped children (``<roles><role/></roles>``) become lists."""
+    if depth > _MAX_XML_DEPTH:
+        raise _Invalid("the XML is nested too deeply")
+    children = list(element)
+    if children and all(child.tag == children[0].tag for child in children) and element.tag == children[0].tag + "s":
+        return [_xml_node(child, depth + 1) for child in children]
+    if not children and not element.attrib:
+        return (element.text or "").strip() or {}
+    node: dict[str, Any] = dict(element.attrib)
+    groups: dict[str, list[Any]] = {}
+    for child in children:
+        groups.setdefault(child.tag, []).append(_xml_node(child, depth + 1))
+    for tag, values in groups.items():
+        node[tag] = values[0] if len(values) == 1 else values
+    return node
+
+
+def _parse(body: bytes) -> Any:
+    """Decode a JSON or XML body; XML gives ``{root_tag: node}``."""
+    start = body.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    if start in (b"{", b"["):
+        try:
+            return json.loads(body)
+        except json.JSONDecodeError as exc:
+            raise _Invalid(f"invalid JSON at line {exc.lineno}, column {exc.colno}") from None
+        except UnicodeDecodeError:
+            raise _Invalid("the JSON is not valid UTF-8") from None
+    if start == b"<":
+        if _XML_DECLARATIONS.search(body):
+            raise _Invalid("XML with a DTD or entities is refused")
+        from xml.etree import ElementTree  # noqa: PLC0415 (most answers are JSON)
+
+        try:
+            root = ElementTree.fromstring(body)  # noqa: S314 (DTDs and entities refused above)
+        except ElementTree.ParseError as exc:
+            line, column = exc.position
+            raise _Invalid(f"invalid XML at line {line}, column {column}") from None
+        return {root.tag: _xml_node(root, 0)}
+    raise _Invalid("the body is empty" if not start else "the body is neither JSON nor XML")
+
+
+def _error_details(body: bytes) -> tuple[int | None, str | None, tuple[Mapping[str, Any], ...]]:
+    """(code, message, entries) of a plex.tv error body, JSON or XML, if any."""
+    try:
+        doc = _parse(body)
+    except (ValueError, RecursionError):
+        return None, None, ()
+    entries: list[Any] = []
+    if isinstance(doc, dict):
+        found = doc.get("errors", doc.get("error"))
+        entries = found if isinstance(found, list) else [found] if found else []
+    errors = tuple(
+        item if isinstance(item, dict) else {"message": item} for item in entries if isinstance(item, (dict, str))
+    )
+    if not errors:
+        return None, None, ()
+    first = errors[0]
+    message = _str(first.get("message"))
+    if message is not None:
+        message = " ".join(_CONTROL_CHARS.sub(" ", message).split())[:300] or None
+    return _int(first.get("code")), message, errors
+
+
+def _api_error(answer: _Answer, method: str, path: str, on_server: bool, secrets: tuple[str, ...]) -> APIError:
+    body = _mask(answer.body[:_KEPT_ERROR_BODY], secrets)
+    code, message, errors = _error_details(body)
+    status = answer.status
+    kwargs: dict[str, Any] = {"method": method, "path": path, "errors": errors, "body": body}
+    cls: type[APIError] = APIError
+    if code == _CODE_TWO_FACTOR:
+        cls = TwoFactorRequiredError
+    elif status == 429 or code == _CODE_RATE_LIMITED:
+        cls = RateLimitedError
+        kwargs["retry_after"] = _retry_after(answer.headers)
+    elif (
+        status == 401
+        or (status == 403 and on_server)
+        or (status == 422 and (message or "").lower() == "invalid token")
+    ):
+        cls = UnauthorizedError
+    elif status == 400:
+        cls = BadRequestError
+    return cls(status, code, message, **kwargs)
+
+
+def _call(
+    config: Config,
+    method: str,
+    path: str,
+    build: Callable[[Any], T],
+    *,
+    on_server: bool,
+    query: Mapping[str, str] | None = None,
+    form: Mapping[str, str] | None = None,
+    send_token: bool = True,
+    secrets: tuple[str, ...] = (),
+) -> T:
+    """Send one operation's request and return ``build(decoded body)``.
+
+    Only GETs are retried (connection failures and 429/502/503/504, with
+    exponential backoff or the server's ``Retry-After`` up to a cap).
+    """
+    base = config.server_url if on_server else config.plex_tv_url
+    url = base.rstrip("/") + path
+    path = (urllib3.util.parse_url(base).path or "").rstrip("/") + path
+    if query:
+        url += "?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
+    headers = _headers(config, send_token)
+    body = None
+    if form is not None:
+        body = urllib.parse.urlencode(form).encode("ascii")
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    secrets = tuple(s for s in (config.token, *secrets) if s)
+    tries = config.retries + 1 if method == "GET" else 1
+    attempt = 0
+    while True:
+        attempt += 1
+        backoff = min(_BACKOFF_SECONDS * 2 ** (attempt - 1), MAX_RETRY_WAIT_SECONDS)
+        try:
+            answer = _fetch(config, method, url, headers, body, path)
+        except TransportError:
+            if attempt >= tries:
+                raise
+            delay = backoff
+        else:
+            if 200 <= answer.status < 300:
+                break
+            wait = _retry_after(answer.headers)
+            if answer.status not in _RETRY_STATUSES or attempt >= tries or (wait or 0) > MAX_RETRY_WAIT_SECONDS:
+                raise _api_error(answer, method, path, on_server, secrets)
+            delay = backoff if wait is None else wait
+        _log.debug("%s %s: try %d of %d failed, next in %.2f s", method, path, attempt, tries, delay)
+        time.sleep(delay)
+    try:
+        return build(_parse(answer.body))
+    except (ValueError, RecursionError) as exc:
+        reason = str(exc) if isinstance(exc, _Invalid) else "the body could not be decoded"
+        raise ResponseError(reason, status=answer.status, method=method, path=path) from None
+
+
+def _unwrap(doc: Any, tag: str) -> Any:
+    """plex.tv's XML wraps the object in its root element; JSON does not."""
+    if isinstance(doc, dict) and len(doc) == 1 and isinstance(doc.get(tag), dict):
+        return doc[tag]
+    return doc
+
+
+def _container(doc: Any) -> dict[str, Any]:
+    container = doc.get("MediaContainer") if isinstance(doc, dict) else None
+    if not isinstance(container, dict):
+        raise _Invalid("'MediaContainer' is missing")
+    return container
+
+
+def _transient_token(doc: Any) -> str:
+    token = _container(doc).get("token")
+    if not isinstance(token, str) or not token:
+        raise _Invalid("'MediaContainer.token' is missing or not a string")
+    return token
+
+
+def _source(doc: Any) -> SourceConnectionInformation:
+    devices = _items(_container(doc).get("Device"))
+    if not devices:
+        raise _Invalid("'MediaContainer.Device' is missing")
+    return _build(SourceConnectionInformation, devices[0])
+
+
+def _account(doc: Any) -> UserPlexAccount:
+    return _build(UserPlexAccount, _unwrap(doc, "user"))
+
+
+def _choice(enum_cls: Any, value: Any, name: str) -> str:
+    try:
+        return str(enum_cls(value).value)
+    except ValueError:
+        raise ValueError(f"{name} must be one of {[m.value for m in enum_cls]}, got {value!r}") from None
+
+
+def _check_arg(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{name} must not be empty")
+    return value
+
+
+# =============================================================================
+# Operations
+# =============================================================================
+
+
+def get_transient_token(
+    config: Config,
+    type_: GetTransientTokenQueryParamType = GetTransientTokenQueryParamType.DELEGATION,
+    scope: Scope = Scope.ALL,
+) -> str:
+    """Mint a transient token on the Plex Media Server at ``config.server_url``.
+
+    The transient token has the access of ``config.token``, lasts up to 48
+    hours, and dies when the server restarts.
+
+    Raises ``UnauthorizedError`` (401/403) when the server refuses the token,
+    ``APIError`` for other statuses, ``ResponseError`` when the answer holds
+    no token, ``TransportError`` when the server cannot be reached.
+
+    Example::
+
+        transient = get_transient_token(Config("my-app", token=token))
+    """
+    query = {
+        "type": _choice(GetTransientTokenQueryParamType, type_, "type_"),
+        "scope": _choice(Scope, scope, "scope"),
+    }
+    return _call(config, "GET", "/security/token", _transient_token, on_server=True, query=query)
+
+
+def get_source_connection_information(
+    config: Config, source: str, *, refresh: bool = False
+) -> SourceConnectionInformation:
+    """Get the connections and access token of a source the server knows.
+
+    ``source`` is an identifier with its prefix, such as
+    ``server://<client identifier>`` or ``provider://<identifier>``; it is
+    sent percent-encoded.  ``refresh=True`` asks the server to refresh it.
+    Needs an admin token or a transient token made from one.
+
+    Raises ``UnauthorizedError`` (401/403), ``BadRequestError`` (400),
+    ``APIError``, ``ResponseError`` or ``TransportError``.
+
+    Example::
+
+        info = get_source_connection_information(config, "server://0123abcd")
+        print(info.name, [c.uri for c in info.connections])
+    """
+    query = {"source": _check_arg("source", source)}
+    if refresh:
+        query["refresh"] = "1"
+    return _call(config, "GET", "/security/resources", _source, on_server=True, query=query)
+
+
+def get_token_details(config: Config) -> UserPlexAccount:
+    """Read the plex.tv account behind ``config.token``.
+
+    Raises ``UnauthorizedError`` when plex.tv does not accept the token
+    (code 1001), ``RateLimitedError``, ``APIError``, ``ResponseError`` or
+    ``TransportError``.
+
+    Example::
+
+        account = get_token_details(Config("my-app", token=token))
+        print(account.username, account.subscription and account.subscription.active)
+    """
+    return _call(config, "GET", "/user", _account, on_server=False)
+
+
+def post_users_sign_in_data(
+    config: Config,
+    login: str,
+    password: str,
+    *,
+    verification_code: str | None = None,
+    remember_me: bool = False,
+) -> UserPlexAccount:
+    """Sign in to plex.tv with a login (email or username) and password.
+
+    The request is sent once, never retried, and carries no token.  The
+    returned account's ``auth_token`` is the new token.
+
+    Raises ``TwoFactorRequiredError`` (code 1029) when a verification code is
+    needed or was wrong, ``UnauthorizedError`` for bad credentials (1001) or
+    a locked-out address (1031: stop trying), ``BadRequestError``,
+    ``RateLimitedError``, ``APIError``, ``ResponseError`` or
+    ``TransportError``.
+
+    Example::
+
+        try:
+            account = post_users_sign_in_data(config, "me@example.com", password)
+        except TwoFactorRequiredError:
+            account = post_users_sign_in_data(
+                config, "me@example.com", password, verification_code=input("Code: "))
+        config = dataclasses.replace(config, token=account.auth_token)
+    """
+    form = {
+        "login": _check_arg("login", login),
+        "password": _check_arg("password", password),
+        "rememberMe": "true" if remember_me else "false",
+    }
+    if verification_code is not None:
+        form["verificationCode"] = _check_arg("verification_code", verification_code)
+    return _call(
+        config,
+        "POST",
+        "/users/signin",
+        _account,
+        on_server=False,
+        form=form,
+        send_token=False,
+        secrets=(password, verification_code or ""),
+    )
