@@ -39,6 +39,9 @@ import urllib3
 __version__ = "0.1.0"
 
 __all__ = [
+    # constants
+    "MAX_BODY_BYTES",
+    "MAX_RETRY_WAIT_SECONDS",
     # configuration
     "Config",
     # enums
@@ -111,7 +114,7 @@ _PLEX_HEADERS = (
 )
 _TOKEN_HEADER = "X-Plex-Token"  # noqa: S105 (a header name)
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 # =============================================================================
 # Enums
@@ -359,10 +362,10 @@ def _strs(value: Any) -> tuple[str, ...]:
 
 _SPECS: dict[type, tuple[tuple[str, str, Callable[[Any], Any], bool], ...]] = {}
 
-M = TypeVar("M")
+_M = TypeVar("_M")
 
 
-def _build(cls: type[M], data: Any) -> M:
+def _build(cls: type[_M], data: Any) -> _M:
     """Decode the JSON object (or XML element) ``data`` into model ``cls``."""
     if not isinstance(data, dict):
         raise _Invalid(f"expected an object for {cls.__name__}, got {type(data).__name__}")
@@ -382,8 +385,8 @@ def _build(cls: type[M], data: Any) -> M:
     return cls(**values)
 
 
-def _one(cls: type[M]) -> Callable[[Any], M | None]:
-    def convert(value: Any) -> M | None:
+def _one(cls: type[_M]) -> Callable[[Any], _M | None]:
+    def convert(value: Any) -> _M | None:
         if isinstance(value, list):
             value = value[0] if value else None
         return _build(cls, value) if isinstance(value, dict) else None
@@ -391,8 +394,8 @@ def _one(cls: type[M]) -> Callable[[Any], M | None]:
     return convert
 
 
-def _many(cls: type[M]) -> Callable[[Any], tuple[M, ...]]:
-    def convert(value: Any) -> tuple[M, ...]:
+def _many(cls: type[_M]) -> Callable[[Any], tuple[_M, ...]]:
+    def convert(value: Any) -> tuple[_M, ...]:
         return tuple(_build(cls, item) for item in _items(value) if isinstance(item, dict))
 
     return convert
@@ -812,8 +815,9 @@ def _mask(body: bytes, secrets: tuple[str, ...]) -> bytes:
             json.dumps(secret)[1:-1],
             json.dumps(secret, ensure_ascii=False)[1:-1],
             urllib.parse.quote_plus(secret),
-            secret.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;"),
         }
+        escaped = secret.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        forms.update((escaped, escaped.replace('"', "&quot;")))
         for form in forms:
             body = body.replace(form.encode("utf-8"), b"***")
     return body
@@ -910,14 +914,14 @@ def _call(
     config: Config,
     method: str,
     path: str,
-    build: Callable[[Any], T],
+    build: Callable[[Any], _T],
     *,
     on_server: bool,
     query: Mapping[str, str] | None = None,
     form: Mapping[str, str] | None = None,
     send_token: bool = True,
     secrets: tuple[str, ...] = (),
-) -> T:
+) -> _T:
     """Send one operation's request and return ``build(decoded body)``.
 
     Only GETs are retried (connection failures and 429/502/503/504, with

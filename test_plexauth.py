@@ -1,0 +1,1237 @@
+"""Tests for plexauth, against real HTTP servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import http
+import json
+import logging
+import pickle
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import urllib.parse
+from typing import Any, Callable
+
+import pytest
+import urllib3
+from pytest_httpserver import HTTPServer
+
+import plexauth
+from plexauth import (
+    APIError,
+    BadRequestError,
+    Config,
+    PlexAuthError,
+    RateLimitedError,
+    ResponseError,
+    TransportError,
+    TwoFactorRequiredError,
+    UnauthorizedError,
+)
+
+# Canaries: none of these may ever show in a repr, str, log record or URL.
+TOKEN = "CANARY-TOKEN-q8Zx3"
+PASSWORD = "CANARY-PASS-&=? ü\"<"
+CODE = "CANARY-CODE-4711"
+AUTH_TOKEN = "CANARY-AUTH-TOKEN-p9"
+TRANSIENT = "CANARY-TRANSIENT-k2"
+ACCESS_TOKEN = "CANARY-ACCESS-TOKEN-w5"
+SERVICE_TOKEN = "CANARY-SERVICE-TOKEN-r1"
+SERVICE_SECRET = "CANARY-SERVICE-SECRET-t7"
+CANARIES = (TOKEN, PASSWORD, CODE, AUTH_TOKEN, TRANSIENT, ACCESS_TOKEN, SERVICE_TOKEN, SERVICE_SECRET, "CANARY")
+
+CLIENT_ID = "test-client-0001"
+
+ACCOUNT = {
+    "id": 13692262,
+    "uuid": "dae343c1f45beb4f",
+    "username": "Username",
+    "title": "UsernameTitle",
+    "email": "username@email.com",
+    "friendlyName": "friendlyUsername",
+    "authToken": AUTH_TOKEN,
+    "joinedAt": 1556281940,
+    "hasPassword": True,
+    "twoFactorEnabled": False,
+    "rememberExpiresAt": 1716281940,
+    "locale": None,
+    "country": "US",
+    "thumb": "https://plex.tv/users/a4f43c1ebfde43a5/avatar?c=8372075101",
+    "confirmed": True,
+    "emailOnlyAuth": False,
+    "experimentalFeatures": False,
+    "guest": False,
+    "home": True,
+    "homeAdmin": True,
+    "homeSize": 2,
+    "maxHomeSize": 15,
+    "protected": False,
+    "restricted": False,
+    "backupCodesCreated": False,
+    "mailingListActive": False,
+    "mailingListStatus": "a-status-added-tomorrow",
+    "adsConsent": None,
+    "scrobbleTypes": "",
+    "pin": "CANARY-hashed-pin",
+    "subscription": {
+        "active": True,
+        "subscribedAt": "2021-04-12T18:21:12Z",
+        "status": "Active",
+        "paymentService": "braintree",
+        "plan": "lifetime",
+        "features": ["webhooks", "a-feature-added-tomorrow"],
+    },
+    "subscriptions": [{"active": True, "status": "Active", "plan": "lifetime", "features": ["webhooks"]}],
+    "profile": {
+        "autoSelectAudio": True,
+        "defaultAudioLanguage": "ja",
+        "defaultSubtitleLanguage": "en",
+        "autoSelectSubtitle": 1,
+        "defaultSubtitleAccessibility": 0,
+        "defaultSubtitleForced": 1,
+        "watchedIndicator": 1,
+        "mediaReviewsVisibility": 1,
+    },
+    "services": [
+        {
+            "identifier": "metadata-dev",
+            "endpoint": "https://epg.provider.plex.tv",
+            "token": SERVICE_TOKEN,
+            "secret": SERVICE_SECRET,
+            "status": "online",
+        },
+        {"identifier": "other", "endpoint": "https://x.plex.tv", "token": None, "secret": None, "status": "paused"},
+    ],
+    "roles": ["plexpass"],
+    "entitlements": ["ios", "android"],
+    "pastSubscriptions": [],
+    "trials": [],
+    "aFieldPlexAddsLater": {"nested": [1, 2, 3]},
+}
+
+ACCOUNT_XML = f"""<?xml version="1.0" encoding="UTF-8"?>
+<user id="13692262" uuid="dae343c1f45beb4f" username="Username" title="UsernameTitle"
+  email="username@email.com" friendlyName="friendlyUsername" authToken="{AUTH_TOKEN}"
+  joinedAt="1556281940" hasPassword="1" twoFactorEnabled="0" rememberExpiresAt="1716281940"
+  country="US" thumb="https://plex.tv/users/a4f43c1ebfde43a5/avatar?c=8372075101" confirmed="true"
+  emailOnlyAuth="0" experimentalFeatures="0" guest="0" home="1" homeAdmin="1" homeSize="2"
+  maxHomeSize="15" protected="0" restricted="0" backupCodesCreated="0" mailingListActive="0"
+  mailingListStatus="a-status-added-tomorrow" scrobbleTypes="" pin="CANARY-hashed-pin"
+  aFieldPlexAddsLater="x">
+  <subscription active="1" subscribedAt="2021-04-12T18:21:12Z" status="Active" paymentService="braintree"
+    plan="lifetime">
+    <features><feature id="webhooks"/><feature id="a-feature-added-tomorrow"/></features>
+  </subscription>
+  <profile autoSelectAudio="1" defaultAudioLanguage="ja" defaultSubtitleLanguage="en" autoSelectSubtitle="1"
+    defaultSubtitleAccessibility="0" defaultSubtitleForced="1" watchedIndicator="1" mediaReviewsVisibility="1"/>
+  <entitlements all="0"><entitlement id="ios"/><entitlement id="android"/></entitlements>
+  <roles><role id="plexpass"/></roles>
+  <services>
+    <service identifier="metadata-dev" endpoint="https://epg.provider.plex.tv" token="{SERVICE_TOKEN}"
+      secret="{SERVICE_SECRET}" status="online"/>
+    <service identifier="other" endpoint="https://x.plex.tv" status="paused"/>
+  </services>
+  <subscriptions>
+    <subscription active="1" status="Active" plan="lifetime">
+      <features><feature id="webhooks"/></features>
+    </subscription>
+  </subscriptions>
+  <pastSubscriptions/>
+</user>
+"""
+
+SOURCE = {
+    "MediaContainer": {
+        "size": 1,
+        "Device": {
+            "name": "Living Room",
+            "clientIdentifier": "0123456789abcdef",
+            "accessToken": ACCESS_TOKEN,
+            "Connection": [
+                {
+                    "protocol": "https",
+                    "address": "192.0.2.10",
+                    "port": 32400,
+                    "uri": "https://192-0-2-10.abc.plex.direct:32400",
+                    "local": True,
+                    "relay": False,
+                },
+                {
+                    "protocol": "https",
+                    "address": "198.51.100.7",
+                    "port": 8443,
+                    "uri": "https://198-51-100-7.abc.plex.direct:8443",
+                    "local": False,
+                    "relay": True,
+                },
+            ],
+        },
+    }
+}
+
+SOURCE_XML = f"""<?xml version="1.0" encoding="UTF-8"?>
+<MediaContainer size="1">
+  <Device name="Living Room" clientIdentifier="0123456789abcdef" accessToken="{ACCESS_TOKEN}">
+    <Connection protocol="https" address="192.0.2.10" port="32400"
+      uri="https://192-0-2-10.abc.plex.direct:32400" local="1" relay="0"/>
+    <Connection protocol="https" address="198.51.100.7" port="8443"
+      uri="https://198-51-100-7.abc.plex.direct:8443" local="0" relay="1"/>
+  </Device>
+</MediaContainer>
+"""
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def httpserver_listen_address() -> tuple[str, int]:
+    return ("127.0.0.1", 0)
+
+
+@pytest.fixture
+def config(httpserver: HTTPServer) -> Config:
+    return Config(
+        client_identifier=CLIENT_ID,
+        token=TOKEN,
+        server_url=httpserver.url_for(""),
+        plex_tv_url=httpserver.url_for("/api/v2"),
+        retries=2,
+        timeout=5.0,
+    )
+
+
+@pytest.fixture
+def other_server():
+    server = HTTPServer(host="127.0.0.1", port=0)
+    server.start()
+    yield server
+    server.clear()
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_canary_in_logs(caplog: pytest.LogCaptureFixture):
+    """Every test runs with DEBUG logging captured; no record may hold a secret."""
+    caplog.set_level(logging.DEBUG, logger="plexauth")
+    yield
+    for record in caplog.records:
+        if record.name.startswith("plexauth"):
+            assert_no_secret(record.getMessage())
+
+
+def assert_no_secret(text: str) -> None:
+    for canary in CANARIES:
+        assert canary not in text
+    assert urllib.parse.quote_plus(PASSWORD) not in text
+
+
+def requests_seen(server: HTTPServer) -> list[Any]:
+    return [request for request, _response in server.log]
+
+
+class Op:
+    """One public operation, called with fixed arguments, and where it goes."""
+
+    def __init__(self, name: str, method: str, path: str, call: Callable[[Config], Any]) -> None:
+        self.name = name
+        self.method = method
+        self.path = path
+        self.call = call
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+OPS = [
+    Op("transient", "GET", "/security/token", plexauth.get_transient_token),
+    Op("source", "GET", "/security/resources", lambda c: plexauth.get_source_connection_information(c, "server://x")),
+    Op("details", "GET", "/api/v2/user", plexauth.get_token_details),
+    Op(
+        "signin",
+        "POST",
+        "/api/v2/users/signin",
+        lambda c: plexauth.post_users_sign_in_data(c, "me@example.com", PASSWORD, verification_code=CODE),
+    ),
+]
+PMS_OPS = [op for op in OPS if not op.path.startswith("/api/v2")]
+PLEX_TV_OPS = [op for op in OPS if op.path.startswith("/api/v2")]
+GET_OPS = [op for op in OPS if op.method == "GET"]
+
+
+def expect(server: HTTPServer, op: Op) -> Any:
+    return server.expect_request(op.path, method=op.method)
+
+
+# --------------------------------------------------------------------------- module surface
+
+
+def test_all__equals_public_names() -> None:
+    public = {
+        name
+        for name, value in vars(plexauth).items()
+        if not name.startswith("_") and getattr(value, "__module__", "plexauth") == "plexauth"
+        and not isinstance(value, type(plexauth))
+    }
+    public -= {"annotations"}  # the __future__ feature object
+    assert sorted(plexauth.__all__) == sorted(public)
+
+
+def test_version__is_config_default() -> None:
+    assert Config(CLIENT_ID).version == plexauth.__version__
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        PlexAuthError("boom", method="GET", path="/x"),
+        APIError(500, method="GET", path="/api/v2/user", body=b"oops"),
+        BadRequestError(400, 1000, "X-Plex-Client-Identifier is missing", method="GET", path="/api/v2/user"),
+        UnauthorizedError(401, 1001, "User could not be authenticated", method="GET", path="/api/v2/user"),
+        TwoFactorRequiredError(401, 1029, "Please enter the verification code", errors=({"code": 1029},)),
+        RateLimitedError(429, 1003, "Slow down", retry_after=30.0, method="GET", path="/api/v2/user"),
+        ResponseError("no token", status=200, method="GET", path="/security/token"),
+        TransportError("timed out", method="GET", path="/security/token"),
+    ],
+    ids=lambda exc: type(exc).__name__,
+)
+def test_errors__survive_pickle(exc: PlexAuthError) -> None:
+    copy = pickle.loads(pickle.dumps(exc))
+    assert type(copy) is type(exc)
+    assert str(copy) == str(exc)
+    assert copy.args == exc.args
+    assert copy.__dict__ == exc.__dict__
+
+
+def test_errors__hierarchy() -> None:
+    assert issubclass(TwoFactorRequiredError, UnauthorizedError)
+    for cls in (BadRequestError, UnauthorizedError, RateLimitedError):
+        assert issubclass(cls, APIError)
+    for cls in (APIError, ResponseError, TransportError):
+        assert issubclass(cls, PlexAuthError)
+
+
+def test_import__alone_does_no_io_and_reads_no_environment(tmp_path: Any) -> None:
+    shutil.copy(plexauth.__file__, tmp_path / "plexauth.py")
+    probe = """
+import os, sys
+import urllib3  # the one dependency; its own import is not ours to judge
+events = []
+def hook(event, args):
+    if event == "open" and not str(args[0]).endswith((".py", ".pyc", ".so")) and "__pycache__" not in str(args[0]):
+        events.append((event, str(args[0])))
+    elif event.startswith(("socket.", "subprocess.", "os.system", "os.listdir", "os.scandir")):
+        events.append((event, ""))
+sys.addaudithook(hook)
+class Spy(type(os.environ)):
+    pass
+reads = []
+real = os.environ
+class EnvSpy(dict):
+    def __getitem__(self, key): reads.append(key); return real[key]
+    def get(self, key, default=None): reads.append(key); return real.get(key, default)
+    def __contains__(self, key): reads.append(key); return key in real
+os.environ = EnvSpy()
+import plexauth
+os.environ = real
+print(plexauth.__file__)
+print("EVENTS", events)
+print("ENV", reads)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True, timeout=60
+    )
+    lines = result.stdout.splitlines()
+    assert lines[0] == str(tmp_path / "plexauth.py")
+    assert lines[1] == "EVENTS []"
+    assert lines[2] == "ENV []"
+
+
+# --------------------------------------------------------------------------- get_transient_token
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (json.dumps({"MediaContainer": {"size": 0, "token": TRANSIENT}}), "application/json"),
+        (f'<?xml version="1.0" encoding="UTF-8"?>\n<MediaContainer size="0" token="{TRANSIENT}"/>', "text/xml"),
+    ],
+    ids=["json", "xml"],
+)
+def test_get_transient_token__returns_token(httpserver: HTTPServer, config: Config, body: str, content_type: str):
+    httpserver.expect_request("/security/token", method="GET").respond_with_data(body, content_type=content_type)
+
+    assert plexauth.get_transient_token(config) == TRANSIENT
+
+    (request,) = requests_seen(httpserver)
+    assert request.args.to_dict() == {"type": "delegation", "scope": "all"}
+    assert request.headers["X-Plex-Token"] == TOKEN
+    assert request.headers["Accept"] == "application/json"
+    assert request.headers["X-Plex-Client-Identifier"] == CLIENT_ID
+    assert request.headers["X-Plex-Product"] == "plexauth"
+    assert request.headers["X-Plex-Version"] == plexauth.__version__
+    assert TOKEN not in request.full_path
+
+
+def test_get_transient_token__accepts_enum_members_and_strings(httpserver: HTTPServer, config: Config) -> None:
+    httpserver.expect_request("/security/token").respond_with_json({"MediaContainer": {"token": TRANSIENT}})
+    token = plexauth.get_transient_token(
+        config, plexauth.GetTransientTokenQueryParamType.DELEGATION, plexauth.Scope.ALL
+    )
+    assert token == TRANSIENT
+    assert plexauth.get_transient_token(config, "delegation", "all") == TRANSIENT  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="type_ must be one of"):
+        plexauth.get_transient_token(config, "admin")  # type: ignore[arg-type]
+    assert len(httpserver.log) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"MediaContainer": {"size": 0}}', "'MediaContainer.token' is missing or not a string"),
+        (b'{"MediaContainer": {"token": 12345}}', "'MediaContainer.token' is missing or not a string"),
+        (b'{"MediaContainer": {"token": ""}}', "'MediaContainer.token' is missing or not a string"),
+        (b'{"token": "x"}', "'MediaContainer' is missing"),
+        (b"[1, 2]", "'MediaContainer' is missing"),
+        (b'<MediaContainer size="0"/>', "'MediaContainer.token' is missing or not a string"),
+        (b'{"MediaContainer": {"token": "abc"', "invalid JSON at line 1, column 35"),
+        (b"<MediaContainer token='x'", "invalid XML at line 1, column 0"),
+        (b'{"MediaContainer": {"token": "\xff\xfe"}}', "the JSON is not valid UTF-8"),
+        (b"", "the body is empty"),
+        (b"OK", "the body is neither JSON nor XML"),
+        (b'<!DOCTYPE x [<!ENTITY a "b">]><MediaContainer token="&a;"/>', "XML with a DTD or entities is refused"),
+        (b"[" * 100_000 + b"]" * 100_000, "the body could not be decoded"),
+        (b"<a>" * 40 + b"</a>" * 40, "the XML is nested too deeply"),
+    ],
+    ids=[
+        "no-token",
+        "token-not-str",
+        "token-empty",
+        "no-container",
+        "list",
+        "xml-no-token",
+        "truncated-json",
+        "truncated-xml",
+        "bad-utf8",
+        "empty",
+        "text",
+        "xml-entities",
+        "deep-json",
+        "deep-xml",
+    ],
+)
+def test_get_transient_token__undecodable_2xx(httpserver: HTTPServer, config: Config, body: bytes, reason: str):
+    httpserver.expect_request("/security/token").respond_with_data(body, status=200)
+    with pytest.raises(ResponseError) as info:
+        plexauth.get_transient_token(config)
+    assert info.value.reason == reason
+    assert info.value.status == 200
+    assert str(info.value) == f"GET /security/token answered 200 with a body that could not be used: {reason}"
+    assert info.value.__cause__ is None
+
+
+# --------------------------------------------------------------------------- get_source_connection_information
+
+
+@pytest.mark.parametrize(("body", "content_type"), [(json.dumps(SOURCE), "application/json"), (SOURCE_XML, "text/xml")],
+                         ids=["json", "xml"])
+def test_get_source_connection_information__returns_model(
+    httpserver: HTTPServer, config: Config, body: str, content_type: str
+) -> None:
+    httpserver.expect_request("/security/resources").respond_with_data(body, content_type=content_type)
+
+    info = plexauth.get_source_connection_information(config, "server://0123456789abcdef")
+
+    assert info.name == "Living Room"
+    assert info.client_identifier == "0123456789abcdef"
+    assert info.access_token == ACCESS_TOKEN
+    assert info.connections == (
+        plexauth.Connection("https", "192.0.2.10", 32400, "https://192-0-2-10.abc.plex.direct:32400", True, False),
+        plexauth.Connection("https", "198.51.100.7", 8443, "https://198-51-100-7.abc.plex.direct:8443", False, True),
+    )
+    assert info.raw["name"] == "Living Room"
+    assert "***" in repr(info)
+    assert_no_secret(repr(info))
+    (request,) = requests_seen(httpserver)
+    assert request.method == "GET"
+    assert request.args.to_dict() == {"source": "server://0123456789abcdef"}
+    assert request.headers["X-Plex-Token"] == TOKEN
+
+
+def test_get_source_connection_information__encodes_source_and_refresh(
+    httpserver: HTTPServer, config: Config
+) -> None:
+    httpserver.expect_request("/security/resources").respond_with_json(SOURCE)
+    source = "provider://a b&c=d#e/../ü?x"
+
+    plexauth.get_source_connection_information(config, source, refresh=True)
+
+    (request,) = requests_seen(httpserver)
+    assert request.args.to_dict() == {"source": source, "refresh": "1"}
+    assert request.query_string == b"source=provider%3A%2F%2Fa%20b%26c%3Dd%23e%2F..%2F%C3%BC%3Fx&refresh=1"
+
+
+def test_get_source_connection_information__single_device_list_and_no_connections(
+    httpserver: HTTPServer, config: Config
+) -> None:
+    httpserver.expect_request("/security/resources").respond_with_json(
+        {"MediaContainer": {"Device": [{"name": "cloud", "clientIdentifier": 7, "Connection": "junk"}]}}
+    )
+    info = plexauth.get_source_connection_information(config, "provider://tv.plex.provider.vod")
+    assert info == plexauth.SourceConnectionInformation(name="cloud")
+    assert info.raw["clientIdentifier"] == 7
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"MediaContainer": {"size": 0}}', b'{"MediaContainer": {"Device": []}}', b'<MediaContainer size="0"/>'],
+    ids=["json", "empty-list", "xml"],
+)
+def test_get_source_connection_information__no_device_is_response_error(
+    httpserver: HTTPServer, config: Config, body: bytes
+) -> None:
+    httpserver.expect_request("/security/resources").respond_with_data(body)
+    with pytest.raises(ResponseError, match=r"'MediaContainer.Device' is missing$"):
+        plexauth.get_source_connection_information(config, "server://x")
+
+
+@pytest.mark.parametrize(("source", "exc"), [("", ValueError), (None, TypeError), (b"server://x", TypeError)])
+def test_get_source_connection_information__rejects_bad_source(config: Config, source: Any, exc: type) -> None:
+    with pytest.raises(exc, match="source must"):
+        plexauth.get_source_connection_information(config, source)
+
+
+# --------------------------------------------------------------------------- get_token_details
+
+
+def check_account(account: plexauth.UserPlexAccount) -> None:
+    assert account.id == 13692262
+    assert account.uuid == "dae343c1f45beb4f"
+    assert account.username == "Username"
+    assert account.title == "UsernameTitle"
+    assert account.email == "username@email.com"
+    assert account.friendly_name == "friendlyUsername"
+    assert account.auth_token == AUTH_TOKEN
+    assert account.joined_at == datetime.datetime(2019, 4, 26, 12, 32, 20, tzinfo=datetime.timezone.utc)
+    assert account.remember_expires_at == datetime.datetime.fromtimestamp(1716281940, datetime.timezone.utc)
+    assert account.has_password is True
+    assert account.two_factor_enabled is False
+    assert account.home_size == 2
+    assert account.mailing_list_status == "a-status-added-tomorrow"
+    assert account.locale is None
+    assert account.subscription == plexauth.Subscription(
+        active=True,
+        subscribed_at="2021-04-12T18:21:12Z",
+        status="Active",
+        payment_service="braintree",
+        plan="lifetime",
+        features=("webhooks", "a-feature-added-tomorrow"),
+    )
+    assert account.subscriptions == (
+        plexauth.Subscription(active=True, status="Active", plan="lifetime", features=("webhooks",)),
+    )
+    assert account.profile is not None
+    assert account.profile.auto_select_audio is True
+    assert account.profile.default_audio_language == "ja"
+    assert account.profile.auto_select_subtitle == 1
+    assert account.profile.watched_indicator == 1
+    assert [s.identifier for s in account.services] == ["metadata-dev", "other"]
+    assert account.services[0].token == SERVICE_TOKEN
+    assert account.services[0].secret == SERVICE_SECRET
+    assert account.services[1].token is None
+    assert account.services[1].status == "paused"
+    assert account.roles == ("plexpass",)
+    assert account.entitlements == ("ios", "android")
+    assert "aFieldPlexAddsLater" in account.raw
+    text = repr(account)
+    assert "auth_token='***'" in text
+    assert_no_secret(text)
+    assert_no_secret(str(account))
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"), [(json.dumps(ACCOUNT), "application/json"), (ACCOUNT_XML, "application/xml")],
+    ids=["json", "xml"],
+)
+def test_get_token_details__returns_account(httpserver: HTTPServer, config: Config, body: str, content_type: str):
+    httpserver.expect_request("/api/v2/user", method="GET").respond_with_data(body, content_type=content_type)
+
+    account = plexauth.get_token_details(config)
+
+    check_account(account)
+    (request,) = requests_seen(httpserver)
+    assert request.headers["X-Plex-Token"] == TOKEN
+    assert request.query_string == b""
+    assert "Content-Type" not in request.headers
+
+
+def test_get_token_details__json_and_xml_decode_equal(httpserver: HTTPServer, config: Config) -> None:
+    httpserver.expect_oneshot_request("/api/v2/user").respond_with_json(ACCOUNT)
+    httpserver.expect_oneshot_request("/api/v2/user").respond_with_data(ACCOUNT_XML)
+    assert plexauth.get_token_details(config) == plexauth.get_token_details(config)
+
+
+def test_get_token_details__tolerates_odd_optional_values(httpserver: HTTPServer, config: Config) -> None:
+    odd = {
+        "id": "42",
+        "uuid": "u",
+        "username": "x",
+        "authToken": AUTH_TOKEN,
+        "joinedAt": 10**30,
+        "rememberExpiresAt": "soon",
+        "hasPassword": "maybe",
+        "twoFactorEnabled": 1,
+        "homeSize": True,
+        "maxHomeSize": 15.0,
+        "email": None,
+        "subscription": [],
+        "profile": "none",
+        "services": {"identifier": "lonely"},
+        "roles": "plexpass",
+        "entitlements": [1, None, "ios", {"id": "android"}],
+    }
+    httpserver.expect_request("/api/v2/user").respond_with_json(odd)
+    account = plexauth.get_token_details(config)
+    assert (account.id, account.joined_at, account.remember_expires_at) == (42, None, None)
+    assert (account.has_password, account.two_factor_enabled) == (None, True)
+    assert (account.home_size, account.max_home_size, account.email) == (None, 15, None)
+    assert (account.subscription, account.profile) == (None, None)
+    assert account.services == (plexauth.Service(identifier="lonely"),)
+    assert (account.roles, account.entitlements) == ((), ("ios", "android"))
+
+
+@pytest.mark.parametrize("missing", ["id", "uuid", "username", "authToken"])
+def test_get_token_details__missing_required_field(httpserver: HTTPServer, config: Config, missing: str) -> None:
+    body = {k: v for k, v in ACCOUNT.items() if k != missing}
+    httpserver.expect_request("/api/v2/user").respond_with_json(body)
+    with pytest.raises(ResponseError) as info:
+        plexauth.get_token_details(config)
+    assert str(info.value) == (
+        "GET /api/v2/user answered 200 with a body that could not be used: "
+        f"{missing!r} is missing or has the wrong type"
+    )
+
+
+def test_get_token_details__not_an_object(httpserver: HTTPServer, config: Config) -> None:
+    httpserver.expect_request("/api/v2/user").respond_with_json(["not", "an", "account"])
+    with pytest.raises(ResponseError, match="expected an object for UserPlexAccount, got list"):
+        plexauth.get_token_details(config)
+
+
+# --------------------------------------------------------------------------- post_users_sign_in_data
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"), [(json.dumps(ACCOUNT), "application/json"), (ACCOUNT_XML, "text/xml")],
+    ids=["json", "xml"],
+)
+def test_post_users_sign_in_data__returns_account(
+    httpserver: HTTPServer, config: Config, body: str, content_type: str
+) -> None:
+    httpserver.expect_request("/api/v2/users/signin", method="POST").respond_with_data(
+        body, status=201, content_type=content_type
+    )
+
+    account = plexauth.post_users_sign_in_data(
+        config, "me@example.com", PASSWORD, verification_code="123456", remember_me=True
+    )
+
+    check_account(account)
+    (request,) = requests_seen(httpserver)
+    assert request.method == "POST"
+    assert request.query_string == b""
+    assert "X-Plex-Token" not in request.headers
+    assert request.headers["X-Plex-Client-Identifier"] == CLIENT_ID
+    assert request.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert request.form.to_dict() == {
+        "login": "me@example.com",
+        "password": PASSWORD,
+        "rememberMe": "true",
+        "verificationCode": "123456",
+    }
+
+
+def test_post_users_sign_in_data__minimal_form(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/api/v2/users/signin", method="POST").respond_with_json(ACCOUNT, status=201)
+    config = Config(CLIENT_ID, plex_tv_url=httpserver.url_for("/api/v2/"))  # trailing slash is fine
+    plexauth.post_users_sign_in_data(config, "me", "pw")
+    (request,) = requests_seen(httpserver)
+    assert request.path == "/api/v2/users/signin"
+    assert request.form.to_dict() == {"login": "me", "password": "pw", "rememberMe": "false"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"login": "", "password": "pw"}, ValueError, "login must not be empty"),
+        ({"login": "me", "password": None}, TypeError, "password must be a str, not NoneType"),
+        ({"login": "me", "password": "pw", "verification_code": 123456}, TypeError, "verification_code must be a str"),
+    ],
+)
+def test_post_users_sign_in_data__rejects_bad_arguments(config: Config, kwargs: Any, exc: type, match: str) -> None:
+    with pytest.raises(exc, match=match):
+        plexauth.post_users_sign_in_data(config, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("status", "headers"), [(503, {"Retry-After": "0"}), (307, {"Location": "/api/v2/elsewhere"})], ids=["503", "307"]
+)
+def test_post_users_sign_in_data__sent_once(
+    httpserver: HTTPServer, config: Config, status: int, headers: dict[str, str]
+) -> None:
+    httpserver.expect_request("/api/v2/users/signin").respond_with_data("busy", status=status, headers=headers)
+    with pytest.raises(APIError) as info:
+        plexauth.post_users_sign_in_data(config, "me", PASSWORD)
+    assert info.value.status == status
+    assert len(httpserver.log) == 1
+
+
+# --------------------------------------------------------------------------- errors, for every operation
+
+PLEX_TV_ERRORS = [
+    (400, b'{"errors":[{"code":1000,"message":"X-Plex-Client-Identifier is missing","status":400}]}',
+     BadRequestError, 1000, "X-Plex-Client-Identifier is missing"),
+    (400, b'<errors><error code="1000" message="X-Plex-Client-Identifier is missing" status="400"/></errors>',
+     BadRequestError, 1000, "X-Plex-Client-Identifier is missing"),
+    (401, b'{"errors":[{"code":1001,"message":"User could not be authenticated","status":401}]}',
+     UnauthorizedError, 1001, "User could not be authenticated"),
+    (401, b'<?xml version="1.0"?><errors><error code="1001" message="User could not be authenticated" '
+          b'status="401"/></errors>', UnauthorizedError, 1001, "User could not be authenticated"),
+    (401, b'{"errors":[{"code":1029,"message":"Please enter the verification code","status":401}]}',
+     TwoFactorRequiredError, 1029, "Please enter the verification code"),
+    (401, b'<errors><error code="1029" message="Please enter the verification code" status="401"/></errors>',
+     TwoFactorRequiredError, 1029, "Please enter the verification code"),
+    (401, b'{"errors":[{"code":1031,"message":"This IP is locked out","status":401}]}',
+     UnauthorizedError, 1031, "This IP is locked out"),
+    (401, b"<errors><error>Invalid email, username, or password.</error></errors>",
+     UnauthorizedError, None, "Invalid email, username, or password."),
+    (422, b'{"error":"Invalid token"}', UnauthorizedError, None, "Invalid token"),
+    (422, b'{"error":"Unprocessable"}', APIError, None, "Unprocessable"),
+    (403, b'{"errors":[{"code":1004,"message":"Forbidden\\n  here","status":403}]}', APIError, 1004, "Forbidden here"),
+    (500, b'{"errors":[{"code":"oops","message":42}]}', APIError, None, None),
+    (500, b"{\"errors\": \"", APIError, None, None),
+    (500, b"[1, 2]", APIError, None, None),
+    (409, b"<html><body>conflict</body></html>", APIError, None, None),
+]
+
+
+def plex_tv_error_id(case: Any) -> str:
+    return f"{case[0]}-{case[2].__name__}-{'xml' if case[1].lstrip().startswith(b'<') else 'json'}"
+
+
+@pytest.mark.parametrize("op", PLEX_TV_OPS, ids=repr)
+@pytest.mark.parametrize(("status", "body", "cls", "code", "message"), PLEX_TV_ERRORS,
+                         ids=[plex_tv_error_id(c) for c in PLEX_TV_ERRORS])
+def test_errors__plex_tv_bodies(
+    httpserver: HTTPServer, config: Config, op: Op, status: int, body: bytes, cls: type, code: Any, message: Any
+) -> None:
+    expect(httpserver, op).respond_with_data(body, status=status)
+    with pytest.raises(APIError) as info:
+        op.call(config)
+    exc = info.value
+    assert type(exc) is cls
+    assert (exc.status, exc.code, exc.message) == (status, code, message)
+    assert (exc.method, exc.path) == (op.method, op.path)
+    assert exc.body == body
+    # Python's phrases change between versions (422 is "Unprocessable Content" from 3.13 on).
+    expected = f"{op.method} {op.path} failed with {status} {http.HTTPStatus(status).phrase}"
+    if message:
+        expected += f": {message}"
+    if code is not None:
+        expected += f" (code {code})"
+    assert str(exc) == expected
+    assert len(httpserver.log) == 1  # no error here is retried
+
+
+def test_errors__entries_kept(httpserver: HTTPServer, config: Config) -> None:
+    body = {"errors": [{"code": 1001, "message": "first", "status": 401}, {"code": 7, "message": "second"}]}
+    httpserver.expect_request("/api/v2/user").respond_with_json(body, status=401)
+    with pytest.raises(UnauthorizedError) as info:
+        plexauth.get_token_details(config)
+    assert info.value.errors == tuple(body["errors"])
+
+
+@pytest.mark.parametrize("op", PMS_OPS, ids=repr)
+@pytest.mark.parametrize(
+    ("status", "body", "content_type"),
+    [
+        (401, b"<html><head><title>Unauthorized</title></head><body><h1>401 Unauthorized</h1></body></html>",
+         "text/html"),
+        (401, b"", "text/html"),
+        (403, b"<!DOCTYPE html><html><body>Forbidden</body></html>", "text/html"),
+        (403, b"", "text/plain"),
+    ],
+    ids=["401-html", "401-empty", "403-html", "403-empty"],
+)
+def test_errors__pms_unauthorized(
+    httpserver: HTTPServer, config: Config, op: Op, status: int, body: bytes, content_type: str
+) -> None:
+    expect(httpserver, op).respond_with_data(body, status=status, content_type=content_type)
+    with pytest.raises(UnauthorizedError) as info:
+        op.call(config)
+    phrase = {401: "Unauthorized", 403: "Forbidden"}[status]
+    assert str(info.value) == f"GET {op.path} failed with {status} {phrase}"
+    assert (info.value.status, info.value.code, info.value.message) == (status, None, None)
+
+
+@pytest.mark.parametrize("op", PMS_OPS, ids=repr)
+def test_errors__pms_bad_request(httpserver: HTTPServer, config: Config, op: Op) -> None:
+    expect(httpserver, op).respond_with_data("<html><body>Bad Request</body></html>", status=400)
+    with pytest.raises(BadRequestError) as info:
+        op.call(config)
+    assert str(info.value) == f"GET {op.path} failed with 400 Bad Request"
+
+
+@pytest.mark.parametrize("op", OPS, ids=repr)
+def test_errors__rate_limited_with_retry_after(httpserver: HTTPServer, config: Config, op: Op) -> None:
+    # 120 s is past the cap: the call gives up at once and says when to come back.
+    body = b'{"errors":[{"code":1003,"message":"Rate limit exceeded","status":429}]}'
+    expect(httpserver, op).respond_with_data(body, status=429, headers={"Retry-After": "120"})
+    with pytest.raises(RateLimitedError) as info:
+        op.call(config)
+    exc = info.value
+    assert (exc.status, exc.code, exc.message, exc.retry_after) == (429, 1003, "Rate limit exceeded", 120.0)
+    assert str(exc) == (
+        f"{op.method} {op.path} failed with 429 Too Many Requests: Rate limit exceeded (code 1003); retry after 120 s"
+    )
+    assert len(httpserver.log) == 1
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ({}, None),
+        ({"Retry-After": "soon"}, None),
+        ({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),
+        ({"Retry-After": "Wed, 21 Oct 2015 07:28:00 -0000"}, 0.0),
+    ],
+    ids=["absent", "garbage", "past-date", "past-date-no-zone"],
+)
+def test_errors__rate_limited_retry_after_forms(
+    httpserver: HTTPServer, config: Config, header: dict[str, str], expected: Any
+) -> None:
+    httpserver.expect_request("/api/v2/users/signin").respond_with_data("", status=429, headers=header)
+    with pytest.raises(RateLimitedError) as info:
+        plexauth.post_users_sign_in_data(config, "me", PASSWORD)
+    assert info.value.retry_after == expected
+
+
+def test_errors__rate_limited_future_http_date_is_past_cap(httpserver: HTTPServer, config: Config) -> None:
+    httpserver.expect_request("/api/v2/user").respond_with_data(
+        "", status=429, headers={"Retry-After": "Fri, 01 Jan 2100 00:00:00 GMT"}
+    )
+    with pytest.raises(RateLimitedError) as info:
+        plexauth.get_token_details(config)
+    assert info.value.retry_after is not None
+    assert info.value.retry_after > plexauth.MAX_RETRY_WAIT_SECONDS
+    assert len(httpserver.log) == 1
+
+
+def test_errors__code_1003_without_429(httpserver: HTTPServer, config: Config) -> None:
+    httpserver.expect_request("/api/v2/user").respond_with_json(
+        {"errors": [{"code": 1003, "message": "Too many"}]}, status=400
+    )
+    with pytest.raises(RateLimitedError):
+        plexauth.get_token_details(config)
+
+
+@pytest.mark.parametrize("op", OPS, ids=repr)
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_errors__server_errors(httpserver: HTTPServer, config: Config, op: Op, status: int) -> None:
+    expect(httpserver, op).respond_with_data("down", status=status, headers={"Retry-After": "0"})
+    with pytest.raises(APIError) as info:
+        op.call(config)
+    assert type(info.value) is APIError
+    assert info.value.status == status
+    retried = op.method == "GET" and status != 500
+    assert len(httpserver.log) == (config.retries + 1 if retried else 1)
+
+
+@pytest.mark.parametrize("op", GET_OPS, ids=repr)
+def test_retries__get_succeeds_after_503_and_429(httpserver: HTTPServer, config: Config, op: Op) -> None:
+    body = {"/security/token": {"MediaContainer": {"token": TRANSIENT}}, "/security/resources": SOURCE,
+            "/api/v2/user": ACCOUNT}[op.path]
+    # Ordered handlers answer first, in turn; then the permanent one.
+    httpserver.expect_ordered_request(op.path).respond_with_data("", status=503, headers={"Retry-After": "0"})
+    httpserver.expect_ordered_request(op.path).respond_with_data("", status=429, headers={"Retry-After": "0"})
+    expect(httpserver, op).respond_with_json(body)
+    assert op.call(config)
+    assert len(httpserver.log) == 3
+
+
+def test_retries__zero_means_one_try(httpserver: HTTPServer, config: Config) -> None:
+    httpserver.expect_request("/api/v2/user").respond_with_data("", status=503)
+    with pytest.raises(APIError):
+        plexauth.get_token_details(dataclasses.replace(config, retries=0))
+    assert len(httpserver.log) == 1
+
+
+def test_errors__unknown_status_phrase(httpserver: HTTPServer, config: Config) -> None:
+    httpserver.expect_request("/api/v2/user").respond_with_data("", status=599)
+    with pytest.raises(APIError) as info:
+        plexauth.get_token_details(config)
+    assert str(info.value) == "GET /api/v2/user failed with 599"
+
+
+def test_errors__oversized_body(httpserver: HTTPServer, config: Config) -> None:
+    body = b"{" + b" " * plexauth.MAX_BODY_BYTES + b"}"
+    httpserver.expect_request("/api/v2/user").respond_with_data(body)
+    with pytest.raises(ResponseError, match=f"the body is larger than {plexauth.MAX_BODY_BYTES} bytes"):
+        plexauth.get_token_details(config)
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def test_secrets__never_shown(httpserver: HTTPServer, config: Config, caplog: pytest.LogCaptureFixture) -> None:
+    # The server echoes the secrets JSON-escaped, raw, form-encoded and XML-escaped.
+    form = urllib.parse.urlencode({"password": PASSWORD})
+    echo = json.dumps({"errors": [{"code": 1001, "message": f"bad {TOKEN} {PASSWORD} {CODE} {form}"}]})
+    attribute = PASSWORD.replace("&", "&amp;").replace("<", "&lt;").replace('"', "&quot;")
+    bodies = [
+        echo,
+        f"{TOKEN} {PASSWORD} {form}",
+        f'<errors><error code="1001" message="{attribute} {TOKEN}"/></errors>',
+        "<errors><error>" + PASSWORD.replace("&", "&amp;").replace("<", "&lt;") + "</error></errors>",
+    ]
+    for body in bodies:
+        httpserver.expect_ordered_request("/api/v2/users/signin").respond_with_data(body, status=401)
+    # GET /user never sent the password, so only its token can come back.
+    token_echo = json.dumps({"errors": [{"code": 1001, "message": f"bad token {TOKEN}"}]})
+    httpserver.expect_request("/api/v2/user").respond_with_data(token_echo, status=401)
+    caught = []
+    calls = [lambda: plexauth.post_users_sign_in_data(config, "me", PASSWORD, verification_code=CODE)] * len(bodies)
+    for call in [*calls, lambda: plexauth.get_token_details(config)]:
+        with pytest.raises(UnauthorizedError) as info:
+            call()
+        caught.append(info.value)
+    for exc in caught:
+        for text in (str(exc), repr(exc), repr(exc.args), repr(exc.errors), exc.body.decode("utf-8", "replace"),
+                     pickle.dumps(exc).decode("latin-1")):
+            assert_no_secret(text)
+        assert "***" in exc.body.decode("utf-8")
+    assert_no_secret(repr(config))
+    assert_no_secret(str(config))
+    assert "token='***'" in repr(config)
+    assert any(record.name == "plexauth" for record in caplog.records)
+    for request in requests_seen(httpserver):
+        assert_no_secret(request.full_path)
+
+
+def test_secrets__debug_log_lines(httpserver: HTTPServer, config: Config, caplog: pytest.LogCaptureFixture) -> None:
+    httpserver.expect_request("/security/token").respond_with_json({"MediaContainer": {"token": TRANSIENT}})
+    plexauth.get_transient_token(config)
+    (record,) = [r for r in caplog.records if r.name == "plexauth"]
+    assert record.levelno == logging.DEBUG
+    assert record.getMessage().startswith("GET /security/token -> 200 (")
+
+
+def test_secrets__redirect_to_other_port_drops_token(
+    httpserver: HTTPServer, other_server: HTTPServer, config: Config
+) -> None:
+    other_server.expect_request("/api/v2/user").respond_with_json(ACCOUNT)
+    httpserver.expect_request("/api/v2/user").respond_with_data(
+        "", status=302, headers={"Location": other_server.url_for("/api/v2/user")}
+    )
+    plexauth.get_token_details(config)
+    (first,) = requests_seen(httpserver)
+    (second,) = requests_seen(other_server)
+    assert first.headers["X-Plex-Token"] == TOKEN
+    assert "X-Plex-Token" not in second.headers
+    assert second.headers["X-Plex-Client-Identifier"] == CLIENT_ID
+    assert_no_secret(second.full_path)
+
+
+def test_secrets__redirect_on_same_origin_keeps_token(httpserver: HTTPServer, config: Config) -> None:
+    httpserver.expect_request("/api/v2/user").respond_with_data("", status=301, headers={"Location": "/api/v2/me"})
+    httpserver.expect_request("/api/v2/me").respond_with_json(ACCOUNT)
+    plexauth.get_token_details(config)
+    assert [r.headers.get("X-Plex-Token") for r in requests_seen(httpserver)] == [TOKEN, TOKEN]
+
+
+@pytest.mark.parametrize("location", ["/api/v2/user", "ftp://127.0.0.1/x"], ids=["loop", "ftp"])
+def test_redirects__not_followed_forever_or_elsewhere(httpserver: HTTPServer, config: Config, location: str) -> None:
+    httpserver.expect_request("/api/v2/user").respond_with_data("", status=302, headers={"Location": location})
+    with pytest.raises(APIError) as info:
+        plexauth.get_token_details(config)
+    assert info.value.status == 302
+    assert len(httpserver.log) == (6 if location == "/api/v2/user" else 1)
+
+
+def test_redirects__unparsable_location(fault_server: Any) -> None:
+    server = fault_server(answer(b"HTTP/1.1 302 Found\r\nLocation: http://[::1\r\nContent-Length: 0\r\n\r\n"))
+    with pytest.raises(APIError) as info:
+        plexauth.get_token_details(fault_config(server.port))
+    assert info.value.status == 302
+    assert server.connections == 1
+
+
+# --------------------------------------------------------------------------- transport failures
+
+
+class FaultServer:
+    """A TCP server on 127.0.0.1 whose connections get ``handle(conn)``."""
+
+    def __init__(self, handle: Callable[[socket.socket, threading.Event], None]) -> None:
+        self.handle = handle
+        self.done = threading.Event()
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while True:
+            conn, _ = self.listener.accept()
+            if self.done.is_set():
+                conn.close()
+                return
+            self.connections += 1
+            with conn:
+                self.handle(conn, self.done)
+
+    def close(self) -> None:
+        self.done.set()
+        socket.create_connection(("127.0.0.1", self.port)).close()  # wakes accept()
+        self.thread.join(timeout=10)
+        self.listener.close()
+        assert not self.thread.is_alive()
+
+
+def read_request(conn: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def reset(conn: socket.socket, done: threading.Event) -> None:
+    read_request(conn)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+
+def silent(conn: socket.socket, done: threading.Event) -> None:
+    read_request(conn)
+    done.wait(30)
+
+
+def answer(raw: bytes) -> Callable[[socket.socket, threading.Event], None]:
+    def handle(conn: socket.socket, done: threading.Event) -> None:
+        read_request(conn)
+        conn.sendall(raw)
+
+    return handle
+
+
+garbage = answer(b"HELLO THERE\r\n\r\n")
+short_body = answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nContent-Type: application/json\r\n\r\n{\"Media")
+
+
+@pytest.fixture
+def fault_server():
+    servers: list[FaultServer] = []
+
+    def start(handle: Callable[[socket.socket, threading.Event], None]) -> FaultServer:
+        server = FaultServer(handle)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def fault_config(port: int, retries: int = 0) -> Config:
+    url = f"http://127.0.0.1:{port}"
+    return Config(CLIENT_ID, token=TOKEN, server_url=url, plex_tv_url=url + "/api/v2", timeout=0.5, retries=retries)
+
+
+@pytest.mark.parametrize("op", OPS, ids=repr)
+@pytest.mark.parametrize(
+    ("handler", "reason"),
+    [(reset, "connection"), (garbage, "connection"), (silent, "timed out"), (short_body, "")],
+    ids=["reset", "garbage", "stall", "short-body"],
+)
+def test_transport__faults_become_transport_error(fault_server: Any, op: Op, handler: Any, reason: str) -> None:
+    server = fault_server(handler)
+    with pytest.raises((TransportError, ResponseError)) as info:
+        op.call(fault_config(server.port))
+    if handler is short_body and isinstance(info.value, ResponseError):
+        # urllib3 1.26 hands back the short body; it is then not valid JSON.
+        assert "invalid JSON" in info.value.reason
+    else:
+        assert isinstance(info.value, TransportError)
+        assert reason in info.value.reason
+        assert isinstance(info.value.__cause__, (urllib3.exceptions.HTTPError, OSError))
+    assert str(info.value).startswith(f"{op.method} {op.path} ")
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize("op", OPS, ids=repr)
+def test_transport__connection_refused(op: Op) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    with pytest.raises(TransportError) as info:
+        op.call(fault_config(port))
+    assert info.value.reason.startswith("could not connect (")
+    assert str(info.value) == f"{op.method} {op.path} could not complete: {info.value.reason}"
+
+
+def test_transport__get_retried_after_reset_but_sign_in_not(fault_server: Any) -> None:
+    server = fault_server(reset)
+    with pytest.raises(TransportError):
+        plexauth.get_token_details(fault_config(server.port, retries=1))
+    assert server.connections == 2
+    with pytest.raises(TransportError):
+        plexauth.post_users_sign_in_data(fault_config(server.port, retries=1), "me", PASSWORD)
+    assert server.connections == 3
+
+
+def test_transport__https_to_plain_http_is_tls_failure(httpserver: HTTPServer) -> None:
+    url = httpserver.url_for("").replace("http://", "https://")
+    config = Config(CLIENT_ID, token=TOKEN, server_url=url, retries=0)
+    with pytest.raises(TransportError) as info:
+        plexauth.get_transient_token(config)
+    assert info.value.reason.startswith("TLS failed")
+
+
+def test_transport__given_pool_is_used(httpserver: HTTPServer, config: Config) -> None:
+    httpserver.expect_request("/security/token").respond_with_json({"MediaContainer": {"token": TRANSIENT}})
+    pool = urllib3.PoolManager(headers={"X-From-Pool": "yes"})
+    plexauth.get_transient_token(dataclasses.replace(config, pool=pool))
+    assert len(pool.pools) == 1
+
+
+def test_transport__module_pool_per_tls_setting(httpserver: HTTPServer, config: Config, tmp_path: Any) -> None:
+    httpserver.expect_request("/security/token").respond_with_json({"MediaContainer": {"token": TRANSIENT}})
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("")
+    for verify in (True, str(bundle)):
+        assert plexauth.get_transient_token(dataclasses.replace(config, verify=verify)) == TRANSIENT
+    assert plexauth._pools[True] is not plexauth._pools[str(bundle)]
+
+
+def test_headers__all_config_fields_sent(httpserver: HTTPServer, config: Config) -> None:
+    httpserver.expect_request("/security/token").respond_with_json({"MediaContainer": {"token": TRANSIENT}})
+    config = dataclasses.replace(
+        config, product="Cron", version="9.9", platform="Linux", platform_version="6.1", device="PC",
+        device_name="Wohnzimmer-Gerät", model="x86", device_vendor="ACME", marketplace="googlePlay",
+    )
+    plexauth.get_transient_token(config)
+    (request,) = requests_seen(httpserver)
+    sent = {k: v.encode("latin-1").decode("utf-8") for k, v in request.headers.items() if k.startswith("X-Plex")}
+    assert sent == {
+        "X-Plex-Client-Identifier": CLIENT_ID,
+        "X-Plex-Product": "Cron",
+        "X-Plex-Version": "9.9",
+        "X-Plex-Platform": "Linux",
+        "X-Plex-Platform-Version": "6.1",
+        "X-Plex-Device": "PC",
+        "X-Plex-Device-Name": "Wohnzimmer-Gerät",
+        "X-Plex-Model": "x86",
+        "X-Plex-Device-Vendor": "ACME",
+        "X-Plex-Marketplace": "googlePlay",
+        "X-Plex-Token": TOKEN,
+    }
+
+
+def test_headers__no_token_when_none(httpserver: HTTPServer, config: Config) -> None:
+    httpserver.expect_request("/api/v2/user").respond_with_json({"errors": [{"code": 1001}]}, status=401)
+    with pytest.raises(UnauthorizedError):
+        plexauth.get_token_details(dataclasses.replace(config, token=None))
+    (request,) = requests_seen(httpserver)
+    assert "X-Plex-Token" not in request.headers
+
+
+# --------------------------------------------------------------------------- Config
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "message"),
+    [
+        ({"client_identifier": ""}, ValueError, "Config.client_identifier must not be empty, got ''"),
+        ({"client_identifier": None}, TypeError, "Config.client_identifier must be a str, not NoneType"),
+        ({"client_identifier": "a\r\nX-Evil: 1"}, ValueError, "Config.client_identifier must not contain control"),
+        ({"token": ""}, ValueError, "Config.token must not be empty"),
+        ({"token": 123}, TypeError, "Config.token must be a str, not int"),
+        ({"device_name": ""}, ValueError, "Config.device_name must not be empty"),
+        ({"product": None}, TypeError, "Config.product must be a str"),
+        ({"server_url": "ftp://host"}, ValueError, "Config.server_url must be an http:// or https:// URL"),
+        ({"server_url": "localhost:32400"}, ValueError, "Config.server_url must be an http:// or https:// URL"),
+        ({"server_url": "http://"}, ValueError, "Config.server_url must be an http:// or https:// URL"),
+        ({"server_url": "http://h:99999"}, ValueError, "Config.server_url must be an http:// or https:// URL"),
+        ({"plex_tv_url": "https://plex.tv/api/v2?x=1"}, ValueError, "Config.plex_tv_url must not carry"),
+        ({"plex_tv_url": "https://u:p@plex.tv/api/v2"}, ValueError, "Config.plex_tv_url must not carry"),
+        ({"timeout": -1}, ValueError, "Config.timeout must be a positive number of seconds, got -1"),
+        ({"timeout": float("nan")}, ValueError, "Config.timeout must be a positive"),
+        ({"timeout": True}, TypeError, "Config.timeout must be a number of seconds, not bool"),
+        ({"timeout": "10"}, TypeError, "Config.timeout must be a number of seconds, not str"),
+        ({"retries": -1}, ValueError, "Config.retries must be between 0 and 10, got -1"),
+        ({"retries": False}, TypeError, "Config.retries must be an int, not bool"),
+        ({"retries": 1.5}, TypeError, "Config.retries must be an int, not float"),
+        ({"verify": "/no/such/ca.pem"}, ValueError, "Config.verify names no CA bundle file: '/no/such/ca.pem'"),
+        ({"verify": 1}, TypeError, "Config.verify must be a bool or a CA bundle path, not int"),
+        ({"pool": object()}, TypeError, "Config.pool must be a urllib3.PoolManager, not object"),
+        ({"pool": urllib3.PoolManager(), "verify": False}, ValueError, "Config.verify cannot be changed"),
+    ],
+    ids=lambda v: str(v)[:40] if isinstance(v, dict) else None,
+)
+def test_config__rejects(kwargs: dict[str, Any], exc: type, message: str) -> None:
+    kwargs = {"client_identifier": CLIENT_ID, **kwargs}
+    with pytest.raises(exc) as info:
+        Config(**kwargs)
+    assert str(info.value).startswith(message)
+
+
+def test_config__secret_not_in_validation_message() -> None:
+    with pytest.raises(ValueError, match="control characters") as info:
+        Config(CLIENT_ID, token=TOKEN + "\n")
+    assert str(info.value) == "Config.token must not contain control characters"
+
+
+def test_config__frozen_and_replace() -> None:
+    config = Config(CLIENT_ID)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.token = TOKEN  # type: ignore[misc]
+    changed = dataclasses.replace(config, token=TOKEN)
+    assert changed.token == TOKEN
+    assert changed != config
+    with pytest.raises(ValueError, match=r"Config\.timeout"):
+        dataclasses.replace(config, timeout=0)
+
+
+def test_config__from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLEX_CLIENT_IDENTIFIER", "env-client")
+    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
+    monkeypatch.setenv("PLEX_SERVER_URL", "http://192.0.2.10:32400")
+    monkeypatch.setenv("PLEX_TV_URL", "")
+    config = Config.from_env(timeout=3.0)
+    assert config == Config("env-client", token=TOKEN, server_url="http://192.0.2.10:32400", timeout=3.0)
+    assert Config.from_env(client_identifier="override").client_identifier == "override"
+
+
+def test_config__from_env_needs_client_identifier(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PLEX_CLIENT_IDENTIFIER", raising=False)
+    with pytest.raises(ValueError, match="set PLEX_CLIENT_IDENTIFIER"):
+        Config.from_env()
+
+
+def test_models__bool_and_int_forms() -> None:
+    decode = plexauth._build
+    conn = decode(plexauth.Connection, {"local": "true", "relay": "False", "port": " 32400 "})
+    assert (conn.local, conn.relay, conn.port) == (True, False, 32400)
+    conn = decode(plexauth.Connection, {"local": 0, "relay": 2, "port": "99999999999999999999999"})
+    assert (conn.local, conn.relay, conn.port) == (False, None, None)
+
+
+
+def test_transport__describes_unknown_failures() -> None:
+    # No fault server produces a bare urllib3 HTTPError; the core still names it.
+    assert plexauth._describe(urllib3.exceptions.HTTPError("x")) == "connection failed (HTTPError)"
