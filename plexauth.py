@@ -188,8 +188,17 @@ def _check_text(name: str, value: object, *, optional: bool, secret: bool = Fals
     shown = "" if secret else f", got {value!r}"
     if not value.strip():
         raise ValueError(f"Config.{name} must not be empty{shown}")
-    if _CONTROL_CHARS.search(value):
-        raise ValueError(f"Config.{name} must not contain control characters{shown}")
+    if _CONTROL_CHARS.search(value) or not _is_text(value):
+        raise ValueError(f"Config.{name} must not contain control characters or lone surrogates{shown}")
+
+
+def _is_text(value: str) -> bool:
+    """False for strings with lone surrogates, which no header or URL can carry."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_url(name: str, value: object) -> None:
@@ -255,7 +264,7 @@ class Config(_Masked):
         if not 0 <= self.retries <= 10:
             raise ValueError(f"Config.retries must be between 0 and 10, got {self.retries!r}")
         if isinstance(self.verify, str):
-            if not os.path.exists(self.verify):
+            if not os.path.isfile(self.verify):
                 raise ValueError(f"Config.verify names no CA bundle file: {self.verify!r}")
         elif not isinstance(self.verify, bool):
             raise TypeError(f"Config.verify must be a bool or a CA bundle path, not {type(self.verify).__name__}")
@@ -1007,8 +1016,8 @@ def _choice(enum_cls: Any, value: Any, name: str) -> str:
 def _check_arg(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, not {type(value).__name__}")
-    if not value:
-        raise ValueError(f"{name} must not be empty")
+    if not value or not _is_text(value):
+        raise ValueError(f"{name} must be non-empty text")
     return value
 
 

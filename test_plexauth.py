@@ -501,7 +501,9 @@ def test_get_source_connection_information__no_device_is_response_error(
         plexauth.get_source_connection_information(config, "server://x")
 
 
-@pytest.mark.parametrize(("source", "exc"), [("", ValueError), (None, TypeError), (b"server://x", TypeError)])
+@pytest.mark.parametrize(
+    ("source", "exc"), [("", ValueError), ("\udcff", ValueError), (None, TypeError), (b"server://x", TypeError)]
+)
 def test_get_source_connection_information__rejects_bad_source(config: Config, source: Any, exc: type) -> None:
     with pytest.raises(exc, match="source must"):
         plexauth.get_source_connection_information(config, source)
@@ -669,7 +671,8 @@ def test_post_users_sign_in_data__minimal_form(httpserver: HTTPServer) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"login": "", "password": "pw"}, ValueError, "login must not be empty"),
+        ({"login": "", "password": "pw"}, ValueError, "login must be non-empty text"),
+        ({"login": "me", "password": "\ud800"}, ValueError, "password must be non-empty text"),
         ({"login": "me", "password": None}, TypeError, "password must be a str, not NoneType"),
         ({"login": "me", "password": "pw", "verification_code": 123456}, TypeError, "verification_code must be a str"),
     ],
@@ -747,6 +750,20 @@ def test_errors__plex_tv_bodies(
         expected += f" (code {code})"
     assert str(exc) == expected
     assert len(httpserver.log) == 1  # no error here is retried
+
+
+@pytest.mark.parametrize("op", OPS, ids=repr)
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"{}", b"<html><body>OK</body></html>", b'{"MediaContainer": []}', b"", b"null"],
+    ids=["text", "empty-object", "html", "container-list", "empty", "null"],
+)
+def test_errors__undecodable_2xx(httpserver: HTTPServer, config: Config, op: Op, body: bytes) -> None:
+    expect(httpserver, op).respond_with_data(body, status=201 if op.method == "POST" else 200)
+    with pytest.raises(ResponseError) as info:
+        op.call(config)
+    assert str(info.value).startswith(f"{op.method} {op.path} answered 20")
+    assert info.value.reason
 
 
 def test_errors__entries_kept(httpserver: HTTPServer, config: Config) -> None:
@@ -1162,6 +1179,7 @@ def test_headers__no_token_when_none(httpserver: HTTPServer, config: Config) -> 
         ({"client_identifier": ""}, ValueError, "Config.client_identifier must not be empty, got ''"),
         ({"client_identifier": None}, TypeError, "Config.client_identifier must be a str, not NoneType"),
         ({"client_identifier": "a\r\nX-Evil: 1"}, ValueError, "Config.client_identifier must not contain control"),
+        ({"device_name": "tv\udcff"}, ValueError, "Config.device_name must not contain control characters or lone"),
         ({"token": ""}, ValueError, "Config.token must not be empty"),
         ({"token": 123}, TypeError, "Config.token must be a str, not int"),
         ({"device_name": ""}, ValueError, "Config.device_name must not be empty"),
@@ -1196,7 +1214,7 @@ def test_config__rejects(kwargs: dict[str, Any], exc: type, message: str) -> Non
 def test_config__secret_not_in_validation_message() -> None:
     with pytest.raises(ValueError, match="control characters") as info:
         Config(CLIENT_ID, token=TOKEN + "\n")
-    assert str(info.value) == "Config.token must not contain control characters"
+    assert str(info.value) == "Config.token must not contain control characters or lone surrogates"
 
 
 def test_config__frozen_and_replace() -> None:
