@@ -7,6 +7,7 @@ import datetime
 import http
 import json
 import logging
+import os
 import pickle
 import shutil
 import socket
@@ -1256,3 +1257,152 @@ def test_models__bool_and_int_forms() -> None:
 def test_transport__describes_unknown_failures() -> None:
     # No fault server produces a bare urllib3 HTTPError; the core still names it.
     assert plexauth._describe(urllib3.exceptions.HTTPError("x")) == "connection failed (HTTPError)"
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory):
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    bundle = tmp_path_factory.mktemp("tls") / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    server = HTTPServer(host="127.0.0.1", port=0, ssl_context=context)
+    server.expect_request("/security/token").respond_with_json({"MediaContainer": {"token": TRANSIENT}})
+    server.start()
+    yield server, str(bundle)
+    server.stop()
+
+
+def tls_config(server: HTTPServer, **kwargs: Any) -> Config:
+    return Config(CLIENT_ID, token=TOKEN, server_url=server.url_for(""), retries=0, **kwargs)
+
+
+def test_tls__verified_by_default(tls_server: Any) -> None:
+    server, _bundle = tls_server
+    with pytest.raises(TransportError) as info:
+        plexauth.get_transient_token(tls_config(server))
+    assert info.value.reason.startswith("TLS failed (")
+    assert "certificate verify failed" in info.value.reason
+
+
+def test_tls__custom_ca_bundle(tls_server: Any) -> None:
+    server, bundle = tls_server
+    assert plexauth.get_transient_token(tls_config(server, verify=bundle)) == TRANSIENT
+
+
+def test_tls__verify_false_works_and_warns(tls_server: Any) -> None:
+    server, _bundle = tls_server
+    with pytest.warns(urllib3.exceptions.InsecureRequestWarning):
+        assert plexauth.get_transient_token(tls_config(server, verify=False)) == TRANSIENT
+
+
+# --------------------------------------------------------------------------- whatever the server sends
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+# CI may raise the count with HYPOTHESIS_PROFILE=ci; the default keeps the suite quick.
+settings.register_profile("default", max_examples=150, deadline=None)
+settings.register_profile("ci", max_examples=2000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+WIRE_KEYS = [
+    "MediaContainer", "token", "Device", "Connection", "name", "clientIdentifier", "accessToken", "uri", "port",
+    "local", "id", "uuid", "username", "authToken", "joinedAt", "subscription", "features", "services", "profile",
+    "roles", "entitlements", "errors", "error", "code", "message", "status", "user",
+]
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(WIRE_KEYS) | st.text(max_size=4),
+                                                                  inner, max_size=5),
+    max_leaves=25,
+)
+
+
+def xml_element(draw: Any, depth: int = 0) -> str:
+    from xml.sax.saxutils import quoteattr
+
+    tag = draw(st.sampled_from([*WIRE_KEYS, "features", "feature", "service"]))
+    attrs = draw(st.dictionaries(st.sampled_from(WIRE_KEYS), st.text(max_size=6), max_size=4))
+    text = "".join(f" {key}={quoteattr(value)}" for key, value in attrs.items())
+    children = [xml_element(draw, depth + 1) for _ in range(draw(st.integers(0, 3 if depth < 3 else 0)))]
+    return f"<{tag}{text}>{''.join(children)}</{tag}>"
+
+
+@st.composite
+def bodies(draw: Any) -> bytes:
+    kind = draw(st.sampled_from(["json", "known", "xml", "bytes"]))
+    if kind == "json":
+        body = json.dumps(draw(json_values)).encode()
+    elif kind == "known":
+        doc = draw(st.sampled_from([ACCOUNT, SOURCE, {"MediaContainer": {"token": "t"}}]))
+        doc = {**doc, draw(st.sampled_from(list(doc))): draw(json_values)}
+        body = json.dumps(doc).encode()
+    elif kind == "xml":
+        body = xml_element(draw).encode()
+    else:
+        body = draw(st.binary(max_size=64))
+    if draw(st.booleans()):
+        body = body[: draw(st.integers(0, len(body)))]
+    return body
+
+
+answers = st.fixed_dictionaries(
+    {
+        "status": st.sampled_from([200, 201, 204, 301, 302, 400, 401, 403, 404, 422, 429, 500, 502, 503, 504])
+        | st.integers(200, 599),
+        "body": bodies(),
+        "Content-Type": st.sampled_from(["application/json", "text/xml", "text/html", "application/octet-stream"]),
+        "Retry-After": st.none() | st.text(max_size=12) | st.integers(-5, 10**6).map(str),
+        # Redirects stay on this machine: relative, a closed loopback port, odd schemes.
+        "Location": st.none() | st.sampled_from(["/api/v2/user", "x", "http://127.0.0.1:1/x", "ftp://127.0.0.1/"]),
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def scripted_server():
+    from werkzeug import Response
+
+    current: dict[str, Any] = {}
+
+    def handler(request: Any) -> Response:
+        headers = {k: v for k, v in current.items() if k in ("Retry-After", "Location") and v is not None}
+        headers = {k: "".join(c for c in v if " " <= c <= "~") for k, v in headers.items()}
+        return Response(current["body"], status=current["status"], headers=headers,
+                        content_type=current["Content-Type"])
+
+    server = HTTPServer(host="127.0.0.1", port=0)
+    server.expect_request("").respond_with_handler(handler)
+    server.no_handler_status_code = 500
+    server.start()
+    yield server, current
+    server.stop()
+
+
+@pytest.mark.parametrize("op", OPS, ids=repr)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(answer=answers)
+def test_property__any_answer_gives_model_or_plexauth_error(scripted_server: Any, op: Op, answer: Any) -> None:
+    server, current = scripted_server
+    current.update(answer)
+    url = server.url_for("").rstrip("/")
+    config = Config(CLIENT_ID, token=TOKEN, server_url=url, plex_tv_url=url + "/api/v2", retries=0, timeout=5.0)
+    try:
+        result = op.call(config)
+    except PlexAuthError as exc:
+        error: PlexAuthError | None = exc
+    else:
+        error = None
+        assert 200 <= answer["status"] < 300
+        assert isinstance(result, (str, plexauth.SourceConnectionInformation, plexauth.UserPlexAccount))
+    if error is not None:
+        assert_no_secret(str(error))
+        assert str(error).startswith(f"{op.method} {op.path} ")
