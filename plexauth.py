@@ -90,6 +90,8 @@ _REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
 _RETRY_STATUSES = frozenset((429, 502, 503, 504))
 # Plex documents are shallow; anything deeper is hostile or broken.
 _MAX_XML_DEPTH = 32
+#: An error's ``.body`` keeps this much.  Twice as much is read, so that a
+#: secret the server echoed across the cut is whole, and masked, before it.
 _KEPT_ERROR_BODY = 64 * 1024
 
 _CODE_TWO_FACTOR = 1029
@@ -721,22 +723,23 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 
 def _read_capped(response: Any, method: str, path: str) -> bytes:
+    """The body, up to MAX_BODY_BYTES for a 2xx and a little for anything else."""
+    success = 200 <= response.status < 300
+    limit = MAX_BODY_BYTES if success else 2 * _KEPT_ERROR_BODY
     chunks: list[bytes] = []
     size = 0
-    while True:
+    while size <= limit:
         chunk = response.read(65536)
         if not chunk:
             return b"".join(chunks)
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            response.close()
-            raise ResponseError(
-                f"the body is larger than {MAX_BODY_BYTES} bytes",
-                status=response.status,
-                method=method,
-                path=path,
-            )
         chunks.append(chunk)
+    response.close()  # the rest is not wanted; the connection cannot be reused
+    if success:
+        raise ResponseError(
+            f"the body is larger than {MAX_BODY_BYTES} bytes", status=response.status, method=method, path=path
+        )
+    return b"".join(chunks)[:limit]
 
 
 class _Answer:
@@ -898,7 +901,7 @@ def _error_details(body: bytes) -> tuple[int | None, str | None, tuple[Mapping[s
 
 
 def _api_error(answer: _Answer, method: str, path: str, on_server: bool, secrets: tuple[str, ...]) -> APIError:
-    body = _mask(answer.body[:_KEPT_ERROR_BODY], secrets)
+    body = _mask(answer.body, secrets)[:_KEPT_ERROR_BODY]
     code, message, errors = _error_details(body)
     status = answer.status
     kwargs: dict[str, Any] = {"method": method, "path": path, "errors": errors, "body": body}

@@ -897,6 +897,16 @@ def test_errors__unknown_status_phrase(httpserver: HTTPServer, config: Config) -
     assert str(info.value) == "GET /api/v2/user failed with 599"
 
 
+def test_errors__error_body_is_cut_after_masking(httpserver: HTTPServer, config: Config) -> None:
+    kept = 64 * 1024
+    body = b"x" * (kept - 5) + TOKEN.encode() + b"y" * plexauth.MAX_BODY_BYTES
+    httpserver.expect_request("/api/v2/user").respond_with_data(body, status=500)
+    with pytest.raises(APIError) as info:
+        plexauth.get_token_details(config)
+    assert info.value.status == 500
+    assert info.value.body == b"x" * (kept - 5) + b"***yy"
+
+
 def test_errors__oversized_body(httpserver: HTTPServer, config: Config) -> None:
     body = b"{" + b" " * plexauth.MAX_BODY_BYTES + b"}"
     httpserver.expect_request("/api/v2/user").respond_with_data(body)
