@@ -796,6 +796,7 @@ def _fetch(
         except ValueError:  # includes urllib3's LocationParseError
             break
         if _TOKEN_HEADER in headers and _origin(url) != origin:
+            _log.debug("%s %s: redirected to another origin; X-Plex-Token not forwarded", method, path)
             headers = {k: v for k, v in headers.items() if k != _TOKEN_HEADER}
         answer = _exchange(config, method, url, headers, body, path)
     return answer

@@ -961,7 +961,7 @@ def test_secrets__debug_log_lines(httpserver: HTTPServer, config: Config, caplog
 
 
 def test_secrets__redirect_to_other_port_drops_token(
-    httpserver: HTTPServer, other_server: HTTPServer, config: Config
+    httpserver: HTTPServer, other_server: HTTPServer, config: Config, caplog: pytest.LogCaptureFixture
 ) -> None:
     other_server.expect_request("/api/v2/user").respond_with_json(ACCOUNT)
     httpserver.expect_request("/api/v2/user").respond_with_data(
@@ -974,6 +974,7 @@ def test_secrets__redirect_to_other_port_drops_token(
     assert "X-Plex-Token" not in second.headers
     assert second.headers["X-Plex-Client-Identifier"] == CLIENT_ID
     assert_no_secret(second.full_path)
+    assert "GET /api/v2/user: redirected to another origin; X-Plex-Token not forwarded" in caplog.messages
 
 
 def test_secrets__redirect_on_same_origin_keeps_token(httpserver: HTTPServer, config: Config) -> None:
