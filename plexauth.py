@@ -729,7 +729,16 @@ def _read_capped(response: Any, method: str, path: str) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while size <= limit:
-        chunk = response.read(65536)
+        try:
+            chunk = response.read(65536)
+        except urllib3.exceptions.DecodeError:
+            # A broken gzip/deflate body is the server's answer, not a network fault.
+            response.close()
+            if success:
+                raise ResponseError(
+                    "the body does not match its Content-Encoding", status=response.status, method=method, path=path
+                ) from None
+            return b""
         if not chunk:
             return b"".join(chunks)
         size += len(chunk)

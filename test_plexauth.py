@@ -1116,6 +1116,21 @@ def test_transport__connection_refused(op: Op) -> None:
     assert str(info.value) == f"{op.method} {op.path} could not complete: {info.value.reason}"
 
 
+@pytest.mark.parametrize("status", [200, 500])
+def test_transport__broken_content_encoding(fault_server: Any, status: int) -> None:
+    server = fault_server(
+        answer(f"HTTP/1.1 {status} X\r\nContent-Encoding: gzip\r\nContent-Length: 5\r\n\r\nhello".encode())
+    )
+    with pytest.raises((ResponseError, APIError)) as info:
+        plexauth.get_token_details(fault_config(server.port))
+    if status == 200:
+        assert isinstance(info.value, ResponseError)
+        assert info.value.reason == "the body does not match its Content-Encoding"
+    else:
+        assert type(info.value) is APIError
+        assert (info.value.status, info.value.body) == (500, b"")
+
+
 def test_transport__get_retried_after_reset_but_sign_in_not(fault_server: Any) -> None:
     server = fault_server(reset)
     with pytest.raises(TransportError):
@@ -1374,6 +1389,7 @@ answers = st.fixed_dictionaries(
         "Retry-After": st.none() | st.text(max_size=12) | st.integers(-5, 10**6).map(str),
         # Redirects stay on this machine: relative, a closed loopback port, odd schemes.
         "Location": st.none() | st.sampled_from(["/api/v2/user", "x", "http://127.0.0.1:1/x", "ftp://127.0.0.1/"]),
+        "Content-Encoding": st.none() | st.sampled_from(["gzip", "deflate", "identity", "x-unknown"]),
     }
 )
 
@@ -1385,8 +1401,12 @@ def scripted_server():
     current: dict[str, Any] = {}
 
     def handler(request: Any) -> Response:
-        headers = {k: v for k, v in current.items() if k in ("Retry-After", "Location") and v is not None}
-        headers = {k: "".join(c for c in v if " " <= c <= "~") for k, v in headers.items()}
+        # Header values are printable ASCII: anything else is refused by the test server itself.
+        headers = {
+            k: "".join(c for c in v if " " <= c <= "~")
+            for k, v in current.items()
+            if k in ("Retry-After", "Location", "Content-Encoding") and v is not None
+        }
         return Response(current["body"], status=current["status"], headers=headers,
                         content_type=current["Content-Type"])
 
