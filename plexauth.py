@@ -182,16 +182,24 @@ class _Masked:
 # =============================================================================
 
 
-def _check_text(name: str, value: object, *, optional: bool, secret: bool = False) -> None:
+def _check_text(label: str, value: Any, *, optional: bool = False, secret: bool = False, header: bool = False) -> Any:
+    """``value`` if it is usable text, else TypeError/ValueError naming ``label``.
+
+    Header values must also not be blank nor hold control characters (CR/LF
+    would split the header); form and query values are percent-encoded.
+    """
     if value is None and optional:
-        return
+        return value
     if not isinstance(value, str):
-        raise TypeError(f"Config.{name} must be a str, not {type(value).__name__}")
+        raise TypeError(f"{label} must be a str, not {type(value).__name__}")
     shown = "" if secret else f", got {value!r}"
-    if not value.strip():
-        raise ValueError(f"Config.{name} must not be empty{shown}")
-    if _CONTROL_CHARS.search(value) or not _is_text(value):
-        raise ValueError(f"Config.{name} must not contain control characters or lone surrogates{shown}")
+    if not (value.strip() if header else value):
+        raise ValueError(f"{label} must not be empty{shown}")
+    if header and _CONTROL_CHARS.search(value):
+        raise ValueError(f"{label} must not contain control characters{shown}")
+    if not _is_text(value):
+        raise ValueError(f"{label} must not contain lone surrogates{shown}")
+    return value
 
 
 def _is_text(value: str) -> bool:
@@ -204,10 +212,8 @@ def _is_text(value: str) -> bool:
 
 
 def _check_url(name: str, value: object) -> None:
-    _check_text(name, value, optional=False)
-    assert isinstance(value, str)
     try:
-        url = urllib3.util.parse_url(value)
+        url = urllib3.util.parse_url(_check_text(f"Config.{name}", value, header=True))
     except urllib3.exceptions.LocationParseError:
         url = None
     if url is None or url.scheme not in ("http", "https") or not url.host:
@@ -253,8 +259,8 @@ class Config(_Masked):
     def __post_init__(self) -> None:
         for name, _header in _PLEX_HEADERS:
             required = name in ("client_identifier", "product", "version")
-            _check_text(name, getattr(self, name), optional=not required)
-        _check_text("token", self.token, optional=True, secret=True)
+            _check_text(f"Config.{name}", getattr(self, name), optional=not required, header=True)
+        _check_text("Config.token", self.token, optional=True, secret=True, header=True)
         _check_url("server_url", self.server_url)
         _check_url("plex_tv_url", self.plex_tv_url)
         if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)):
@@ -1026,14 +1032,6 @@ def _choice(enum_cls: Any, value: Any, name: str) -> str:
         raise ValueError(f"{name} must be one of {[m.value for m in enum_cls]}, got {value!r}") from None
 
 
-def _check_arg(name: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
-    if not value or not _is_text(value):
-        raise ValueError(f"{name} must be non-empty text")
-    return value
-
-
 # =============================================================================
 # Operations
 # =============================================================================
@@ -1082,7 +1080,7 @@ def get_source_connection_information(
         info = get_source_connection_information(config, "server://0123abcd")
         print(info.name, [c.uri for c in info.connections])
     """
-    query = {"source": _check_arg("source", source)}
+    query = {"source": _check_text("source", source)}
     if refresh:
         query["refresh"] = "1"
     return _call(config, "GET", "/security/resources", _source, on_server=True, query=query)
@@ -1132,12 +1130,12 @@ def post_users_sign_in_data(
         config = dataclasses.replace(config, token=account.auth_token)
     """
     form = {
-        "login": _check_arg("login", login),
-        "password": _check_arg("password", password),
+        "login": _check_text("login", login),
+        "password": _check_text("password", password, secret=True),
         "rememberMe": "true" if remember_me else "false",
     }
     if verification_code is not None:
-        form["verificationCode"] = _check_arg("verification_code", verification_code)
+        form["verificationCode"] = _check_text("verification_code", verification_code, secret=True)
     return _call(
         config,
         "POST",

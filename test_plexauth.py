@@ -672,8 +672,8 @@ def test_post_users_sign_in_data__minimal_form(httpserver: HTTPServer) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"login": "", "password": "pw"}, ValueError, "login must be non-empty text"),
-        ({"login": "me", "password": "\ud800"}, ValueError, "password must be non-empty text"),
+        ({"login": "", "password": "pw"}, ValueError, "login must not be empty, got ''$"),
+        ({"login": "me", "password": "\ud800"}, ValueError, "password must not contain lone surrogates$"),
         ({"login": "me", "password": None}, TypeError, "password must be a str, not NoneType"),
         ({"login": "me", "password": "pw", "verification_code": 123456}, TypeError, "verification_code must be a str"),
     ],
@@ -1206,7 +1206,7 @@ def test_headers__no_token_when_none(httpserver: HTTPServer, config: Config) -> 
         ({"client_identifier": ""}, ValueError, "Config.client_identifier must not be empty, got ''"),
         ({"client_identifier": None}, TypeError, "Config.client_identifier must be a str, not NoneType"),
         ({"client_identifier": "a\r\nX-Evil: 1"}, ValueError, "Config.client_identifier must not contain control"),
-        ({"device_name": "tv\udcff"}, ValueError, "Config.device_name must not contain control characters or lone"),
+        ({"device_name": "tv\udcff"}, ValueError, "Config.device_name must not contain lone surrogates, got 'tv"),
         ({"token": ""}, ValueError, "Config.token must not be empty"),
         ({"token": 123}, TypeError, "Config.token must be a str, not int"),
         ({"device_name": ""}, ValueError, "Config.device_name must not be empty"),
@@ -1241,7 +1241,7 @@ def test_config__rejects(kwargs: dict[str, Any], exc: type, message: str) -> Non
 def test_config__secret_not_in_validation_message() -> None:
     with pytest.raises(ValueError, match="control characters") as info:
         Config(CLIENT_ID, token=TOKEN + "\n")
-    assert str(info.value) == "Config.token must not contain control characters or lone surrogates"
+    assert str(info.value) == "Config.token must not contain control characters"
 
 
 def test_config__frozen_and_replace() -> None:
