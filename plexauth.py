@@ -754,7 +754,7 @@ def _read_capped(response: Any, method: str, path: str) -> bytes:
         raise ResponseError(
             f"the body is larger than {MAX_BODY_BYTES} bytes", status=response.status, method=method, path=path
         )
-    return b"".join(chunks)[:limit]
+    return b"".join(chunks)  # an error body; _api_error keeps its start
 
 
 class _Answer:
