@@ -798,7 +798,7 @@ def _fetch(
     config: Config, method: str, url: str, headers: dict[str, str], body: bytes | None, path: str
 ) -> _Answer:
     """One try, following redirects for GETs; the token never leaves its origin."""
-    origin = _origin(url)
+    start = url
     answer = _exchange(config, method, url, headers, body, path)
     for _ in range(_MAX_REDIRECTS):
         location = answer.headers.get("Location")
@@ -810,7 +810,7 @@ def _fetch(
                 break
         except ValueError:  # includes urllib3's LocationParseError
             break
-        if _TOKEN_HEADER in headers and _origin(url) != origin:
+        if _TOKEN_HEADER in headers and _origin(url) != _origin(start):
             _log.debug("%s %s: redirected to another origin; X-Plex-Token not forwarded", method, path)
             headers = {k: v for k, v in headers.items() if k != _TOKEN_HEADER}
         answer = _exchange(config, method, url, headers, body, path)
