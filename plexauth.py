@@ -100,6 +100,12 @@ _CODE_RATE_LIMITED = 1003
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _INT_TEXT = re.compile(r"[+-]?[0-9]{1,18}")
 _XML_DECLARATIONS = re.compile(rb"<!(?:DOCTYPE|ENTITY)", re.IGNORECASE)
+# Values under keys ending in these names (authToken, accessToken, token,
+# secret, password...) are secrets wherever a server puts them, even in an
+# error body; an unterminated value (a cut body) is masked to its end.
+_SECRET_KEY = rb"(?:[Tt]oken|[Ss]ecret|[Pp]assword|verificationCode|[Pp]in)"
+_SECRET_JSON = re.compile(rb'("[^"\\]{0,64}?' + _SECRET_KEY + rb'"\s*:\s*")(?:[^"\\]|\\.?)*')
+_SECRET_XML = re.compile(rb"(?<![\w.:-])([\w.:-]{0,64}?" + _SECRET_KEY + rb"\s*=\s*)([\"'])(?:(?!\2).)*", re.DOTALL)
 
 # X-Plex-* headers, in the order they are sent, from Config fields.
 _PLEX_HEADERS = (
@@ -836,7 +842,9 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 def _mask(body: bytes, secrets: tuple[str, ...]) -> bytes:
-    """Blank out this request's secrets where the server echoed them."""
+    """Blank out this request's secrets where the server echoed them, and the
+    values of secret keys (``authToken``, ``token``...) in JSON and XML."""
+    body = _SECRET_XML.sub(rb"\1\2***", _SECRET_JSON.sub(rb"\1***", body))
     for secret in secrets:
         forms = {
             secret,
