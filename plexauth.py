@@ -19,7 +19,6 @@ URL: tokens travel in the ``X-Plex-Token`` header only.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import enum
 import http
@@ -31,8 +30,9 @@ import os
 import re
 import threading
 import time
+import typing
 import urllib.parse
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, ClassVar, Mapping, NoReturn, TypeVar
 
 import urllib3
 
@@ -142,8 +142,45 @@ class Scope(str, enum.Enum):
 
 
 # =============================================================================
-# Shared dataclass helpers: masked repr and field specs
+# Frozen dataclasses, made cheaply
 # =============================================================================
+# ``import dataclasses`` loads ``inspect``, and ``@dataclass`` compiles every
+# generated method with ``exec``: about 12 ms per process, which is 15 % of a
+# cron run that makes one call.  ``_dataclass`` gives Config and the models the
+# same frozen-dataclass behaviour (``__init__``, ``__post_init__``, equality,
+# hash, ``FrozenInstanceError``, ``__match_args__``) from one shared base.  The
+# ``dataclasses`` functions (``fields``, ``replace``, ``asdict``,
+# ``is_dataclass``) work too: the first time one of them asks, the real
+# ``__dataclass_fields__`` are made by ``dataclasses`` itself, for a twin class.
+# Type checkers are shown ``dataclasses.dataclass`` itself.
+
+_MISSING: Any = type("_MissingType", (), {"__repr__": lambda self: "MISSING"})()
+
+
+class _Spec:
+    """A field's default and metadata: ``dataclasses.field``'s lightweight twin."""
+
+    __slots__ = ("compare", "default", "factory", "metadata", "name", "repr")
+
+    def __init__(self, default: Any, factory: Callable[[], Any] | None, repr: bool, compare: bool,
+                 metadata: Mapping[str, Any]) -> None:
+        self.name = ""
+        self.default = default
+        self.factory = factory
+        self.repr = repr
+        self.compare = compare
+        self.metadata = metadata
+
+
+def _spec(
+    *,
+    default: Any = _MISSING,
+    default_factory: Callable[[], Any] | None = None,
+    repr: bool = True,
+    compare: bool = True,
+    metadata: Mapping[str, Any] | None = None,
+) -> Any:
+    return _Spec(default, default_factory, repr, compare, metadata or {})
 
 
 def _field(
@@ -156,31 +193,176 @@ def _field(
 ) -> Any:
     """A model field decoded from wire key ``key`` by ``convert``."""
     meta = {"key": key, "convert": convert, "secret": secret, "required": required}
-    if required:
-        return dataclasses.field(metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+    return _spec(default=_MISSING if required else default, metadata=meta)
 
 
 def _secret_field(default: Any = None) -> Any:
-    return dataclasses.field(default=default, metadata={"secret": True})
+    return _spec(default=default, metadata={"secret": True})
 
 
-class _Masked:
-    """Gives dataclasses a repr that shows secret fields as ``'***'``."""
+_R = TypeVar("_R", bound=type)
+
+
+def _frozen_dataclass(*, frozen: bool, repr: bool) -> Callable[[_R], _R]:
+    """``@_dataclass(frozen=True, repr=False)`` for ``_Record`` subclasses."""
+    if not frozen or repr:
+        raise TypeError("only frozen=True, repr=False is made here")
+
+    def make(decorated: _R) -> _R:
+        cls: Any = decorated
+        namespace = vars(cls)
+        specs = []
+        for name in namespace.get("__annotations__", {}):
+            value = namespace.get(name, _MISSING)
+            spec = value if isinstance(value, _Spec) else _Spec(value, None, True, True, {})
+            spec.name = name
+            if spec.default is _MISSING:
+                if name in namespace:
+                    delattr(cls, name)
+            else:
+                setattr(cls, name, spec.default)
+            specs.append(spec)
+        cls._specs = tuple(specs)
+        cls._compared = tuple(spec.name for spec in specs if spec.compare)
+        cls._wire = tuple(
+            (spec.name, spec.metadata["key"], spec.metadata["convert"], spec.metadata["required"])
+            for spec in specs
+            if "key" in spec.metadata
+        )
+        setattr(cls, "__match_args__", tuple(spec.name for spec in specs))  # noqa: B010 (mypy refuses the plain form)
+        return decorated
+
+    return make
+
+
+if typing.TYPE_CHECKING:
+    from dataclasses import dataclass as _dataclass
+else:
+    _dataclass = _frozen_dataclass
+
+
+class _FromDataclasses:
+    """``__dataclass_fields__``/``__dataclass_params__``/``__signature__``,
+    made on first access and then stored on the class itself."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: object, cls: type) -> Any:
+        if "__match_args__" not in vars(cls):  # not made by _frozen_dataclass (_Record itself)
+            raise AttributeError(self.name)
+        if self.name == "__signature__":
+            import inspect  # noqa: PLC0415 (only help() and IDEs ask)
+
+            value: Any = inspect.Signature([
+                inspect.Parameter(
+                    spec.name,
+                    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                    default=inspect.Parameter.empty if spec.default is _MISSING and spec.factory is None
+                    else spec.factory() if spec.factory else spec.default,
+                    annotation=vars(cls)["__annotations__"][spec.name],
+                )
+                for spec in cls._specs  # type: ignore[attr-defined]
+            ])
+            type.__setattr__(cls, self.name, value)
+            return value
+        import dataclasses  # noqa: PLC0415 (only introspection needs it)
+
+        namespace: dict[str, Any] = {
+            spec.name: dataclasses.field(
+                default=dataclasses.MISSING if spec.default is _MISSING else spec.default,
+                default_factory=spec.factory or dataclasses.MISSING,
+                repr=spec.repr,
+                compare=spec.compare,
+                metadata=spec.metadata,
+            )
+            for spec in cls._specs  # type: ignore[attr-defined]
+        }
+        namespace["__annotations__"] = {spec.name: vars(cls)["__annotations__"][spec.name] for spec in cls._specs}  # type: ignore[attr-defined]
+        twin: Any = dataclasses.dataclass(frozen=True, repr=False)(type(cls.__name__, (), namespace))
+        for name in ("__dataclass_fields__", "__dataclass_params__"):
+            type.__setattr__(cls, name, getattr(twin, name))
+        return getattr(twin, self.name)
+
+
+class _Record:
+    """Base of Config and the models: frozen, compared by value, and with a
+    repr that shows secret fields as ``'***'``."""
+
+    _specs: ClassVar[tuple[_Spec, ...]] = ()
+    _compared: ClassVar[tuple[str, ...]] = ()
+    _wire: ClassVar[tuple[tuple[str, str, Callable[[Any], Any], bool], ...]] = ()
+
+    if not typing.TYPE_CHECKING:  # pragma: no branch (type checkers see the dataclass itself)
+        __dataclass_fields__ = _FromDataclasses()
+        __dataclass_params__ = _FromDataclasses()
+        __signature__ = _FromDataclasses()
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            specs = self._specs
+            name = type(self).__name__
+            if len(args) > len(specs):
+                raise TypeError(f"{name}() takes {len(specs)} positional arguments but {len(args)} were given")
+            given = dict(zip((spec.name for spec in specs), args))
+            for key in kwargs:
+                if key in given:
+                    raise TypeError(f"{name}() got multiple values for argument {key!r}")
+            given.update(kwargs)
+            values = {}
+            for spec in specs:
+                if spec.name in given:
+                    values[spec.name] = given.pop(spec.name)
+                elif spec.factory is not None:
+                    values[spec.name] = spec.factory()
+                elif spec.default is not _MISSING:
+                    values[spec.name] = spec.default
+                else:
+                    raise TypeError(f"{name}() missing required argument: {spec.name!r}")
+            if given:
+                raise TypeError(f"{name}() got an unexpected keyword argument {next(iter(given))!r}")
+            self.__dict__.update(values)
+            self.__post_init__()
+
+        def __setattr__(self, name: str, value: object) -> None:
+            _frozen(name)
+
+        def __delattr__(self, name: str) -> None:
+            _frozen(name)
+
+    def __post_init__(self) -> None:
+        """Validation hook, as in dataclasses."""
+
+    def _key(self) -> tuple[Any, ...]:
+        values = self.__dict__
+        return tuple(values[name] for name in self._compared)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     def __repr__(self) -> str:
         parts = []
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            if not f.repr:
+        for spec in self._specs:
+            if not spec.repr:
                 continue
-            value = getattr(self, f.name)
-            if f.metadata.get("secret") and value is not None:
-                parts.append(f"{f.name}='***'")
+            value = self.__dict__[spec.name]
+            if spec.metadata.get("secret") and value is not None:
+                parts.append(f"{spec.name}='***'")
             else:
-                parts.append(f"{f.name}={value!r}")
+                parts.append(f"{spec.name}={value!r}")
         return f"{type(self).__name__}({', '.join(parts)})"
 
     __str__ = __repr__
+
+
+def _frozen(name: str) -> NoReturn:
+    from dataclasses import FrozenInstanceError  # noqa: PLC0415 (only a mistake needs it)
+
+    raise FrozenInstanceError(f"cannot assign to field {name!r}")
 
 
 # =============================================================================
@@ -230,8 +412,8 @@ def _check_url(name: str, value: object) -> None:
         )
 
 
-@dataclasses.dataclass(frozen=True, repr=False)
-class Config(_Masked):
+@_dataclass(frozen=True, repr=False)
+class Config(_Record):
     """Who is calling, which servers, and how to talk to them.
 
     Frozen and validated: a wrong type raises ``TypeError``, a wrong value
@@ -260,7 +442,7 @@ class Config(_Masked):
     timeout: float = 10.0
     retries: int = 2
     verify: bool | str = True
-    pool: urllib3.PoolManager | None = dataclasses.field(default=None, compare=False)
+    pool: urllib3.PoolManager | None = _spec(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for name, _header in _PLEX_HEADERS:
@@ -383,8 +565,6 @@ def _strs(value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-_SPECS: dict[type, tuple[tuple[str, str, Callable[[Any], Any], bool], ...]] = {}
-
 _M = TypeVar("_M")
 
 
@@ -392,20 +572,17 @@ def _build(cls: type[_M], data: Any) -> _M:
     """Decode the JSON object (or XML element) ``data`` into model ``cls``."""
     if not isinstance(data, dict):
         raise _Invalid(f"expected an object for {cls.__name__}, got {type(data).__name__}")
-    specs = _SPECS.get(cls)
-    if specs is None:
-        specs = _SPECS[cls] = tuple(
-            (f.name, f.metadata["key"], f.metadata["convert"], f.metadata["required"])
-            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-            if "key" in f.metadata
-        )
-    values: dict[str, Any] = {"raw": data}
-    for name, key, convert, required in specs:
+    values: dict[str, Any] = {}
+    for name, key, convert, required in cls._wire:  # type: ignore[attr-defined]
         value = convert(data.get(key))
         if value is None and required:
             raise _Invalid(f"{key!r} is missing or has the wrong type")
         values[name] = value
-    return cls(**values)
+    values["raw"] = data
+    # Straight into __dict__: the values are decoded already, and this is the hot path.
+    model = object.__new__(cls)
+    model.__dict__.update(values)
+    return model
 
 
 def _one(cls: type[_M]) -> Callable[[Any], _M | None]:
@@ -424,8 +601,8 @@ def _many(cls: type[_M]) -> Callable[[Any], tuple[_M, ...]]:
     return convert
 
 
-@dataclasses.dataclass(frozen=True, repr=False)
-class Connection(_Masked):
+@_dataclass(frozen=True, repr=False)
+class Connection(_Record):
     """One way to reach a source: ``uri`` is ready to use."""
 
     protocol: str | None = _field("protocol", _str)
@@ -434,22 +611,22 @@ class Connection(_Masked):
     uri: str | None = _field("uri", _str)
     local: bool | None = _field("local", _bool)
     relay: bool | None = _field("relay", _bool)
-    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = _spec(default_factory=dict, repr=False, compare=False)
 
 
-@dataclasses.dataclass(frozen=True, repr=False)
-class SourceConnectionInformation(_Masked):
+@_dataclass(frozen=True, repr=False)
+class SourceConnectionInformation(_Record):
     """A source the server knows: its name, id, access token and connections."""
 
     name: str | None = _field("name", _str)
     client_identifier: str | None = _field("clientIdentifier", _str)
     access_token: str | None = _field("accessToken", _str, secret=True)
     connections: tuple[Connection, ...] = _field("Connection", _many(Connection), default=())
-    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = _spec(default_factory=dict, repr=False, compare=False)
 
 
-@dataclasses.dataclass(frozen=True, repr=False)
-class Subscription(_Masked):
+@_dataclass(frozen=True, repr=False)
+class Subscription(_Record):
     """A Plex Pass subscription; ``status`` is kept as the server's string."""
 
     active: bool | None = _field("active", _bool)
@@ -458,11 +635,11 @@ class Subscription(_Masked):
     payment_service: str | None = _field("paymentService", _str)
     plan: str | None = _field("plan", _str)
     features: tuple[str, ...] = _field("features", _strs, default=())
-    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = _spec(default_factory=dict, repr=False, compare=False)
 
 
-@dataclasses.dataclass(frozen=True, repr=False)
-class UserProfile(_Masked):
+@_dataclass(frozen=True, repr=False)
+class UserProfile(_Record):
     """Playback preferences of an account (modes are the server's integers)."""
 
     auto_select_audio: bool | None = _field("autoSelectAudio", _bool)
@@ -477,11 +654,11 @@ class UserProfile(_Masked):
     watched_indicator: int | None = _field("watchedIndicator", _int)
     media_reviews_visibility: int | None = _field("mediaReviewsVisibility", _int)
     media_reviews_languages: tuple[str, ...] = _field("mediaReviewsLanguages", _strs, default=())
-    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = _spec(default_factory=dict, repr=False, compare=False)
 
 
-@dataclasses.dataclass(frozen=True, repr=False)
-class Service(_Masked):
+@_dataclass(frozen=True, repr=False)
+class Service(_Record):
     """A plex.tv service bound to the account; ``token``/``secret`` are masked."""
 
     identifier: str | None = _field("identifier", _str)
@@ -489,11 +666,11 @@ class Service(_Masked):
     token: str | None = _field("token", _str, secret=True)
     secret: str | None = _field("secret", _str, secret=True)
     status: str | None = _field("status", _str)
-    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = _spec(default_factory=dict, repr=False, compare=False)
 
 
-@dataclasses.dataclass(frozen=True, repr=False)
-class UserPlexAccount(_Masked):
+@_dataclass(frozen=True, repr=False)
+class UserPlexAccount(_Record):
     """A plex.tv account, as ``GET /user`` and ``POST /users/signin`` answer.
 
     ``id``, ``uuid``, ``username`` and ``auth_token`` are always set; any
@@ -542,7 +719,7 @@ class UserPlexAccount(_Masked):
     services: tuple[Service, ...] = _field("services", _many(Service), default=())
     roles: tuple[str, ...] = _field("roles", _strs, default=())
     entitlements: tuple[str, ...] = _field("entitlements", _strs, default=())
-    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = _spec(default_factory=dict, repr=False, compare=False)
 
 
 # =============================================================================

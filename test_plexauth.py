@@ -1261,9 +1261,15 @@ def reset_mid_body(conn: socket.socket, done: threading.Event) -> None:
 @pytest.mark.parametrize("op", OPS, ids=repr)
 def test_transport__reset_mid_body(fault_server: Any, op: Op) -> None:
     server = fault_server(reset_mid_body)
-    with raises(TransportError) as info:
+    with raises((TransportError, ResponseError)) as info:
         op.call(fault_config(server.port))
-    assert info.value.reason.startswith("connection broken (")
+    if isinstance(info.value, ResponseError):
+        # urllib3 1.26 does not enforce Content-Length: when the reset reads as
+        # an end of file, it hands back the short body, which is not valid JSON.
+        assert urllib3.__version__.startswith("1.")
+        assert "invalid JSON" in info.value.reason
+    else:
+        assert info.value.reason.startswith("connection broken (")
     server.close()
     assert server.connections == 1
 
@@ -1514,6 +1520,63 @@ def test_config__from_env_needs_client_identifier(monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("PLEX_CLIENT_IDENTIFIER", raising=False)
     with raises(ValueError, match="set PLEX_CLIENT_IDENTIFIER"):
         Config.from_env()
+
+
+def test_dataclass__config_and_models_are_frozen_dataclasses() -> None:
+    # Asked in a fresh interpreter, before any instance exists: the fields come
+    # from dataclasses itself, on first request.
+    probe = """
+import dataclasses, inspect, plexauth
+for cls in (plexauth.Config, plexauth.UserPlexAccount, plexauth.Connection):
+    assert dataclasses.is_dataclass(cls), cls
+    assert cls.__dataclass_params__.frozen, cls
+print([f.name for f in dataclasses.fields(plexauth.Config)][:3], dataclasses.fields(plexauth.Config)[-1].compare)
+print(inspect.signature(plexauth.Connection))
+print(plexauth.Config.__match_args__[:2])
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
+    assert result.stdout.splitlines() == [
+        "['client_identifier', 'token', 'server_url'] False",
+        "(protocol: 'str | None' = None, address: 'str | None' = None, port: 'int | None' = None, "
+        "uri: 'str | None' = None, local: 'bool | None' = None, relay: 'bool | None' = None, "
+        "raw: 'Mapping[str, Any]' = {})",
+        "('client_identifier', 'token')",
+    ]
+    assert not dataclasses.is_dataclass(plexauth._Record)
+    # The same, in this process (for coverage): signature and fields of a model.
+    import inspect
+
+    assert str(inspect.signature(plexauth.Subscription)).startswith("(active: 'bool | None' = None, ")
+    assert [f.name for f in dataclasses.fields(plexauth.Subscription)][-2:] == ["features", "raw"]
+
+
+def test_dataclass__behaves_as_dataclasses_do() -> None:
+    config = Config(CLIENT_ID, TOKEN, timeout=3)
+    assert dataclasses.asdict(config)["timeout"] == 3
+    assert dataclasses.replace(config, retries=0) == Config(CLIENT_ID, token=TOKEN, timeout=3, retries=0)
+    assert config == Config(CLIENT_ID, token=TOKEN, timeout=3, pool=urllib3.PoolManager())  # pool: compare=False
+    assert config != Config(CLIENT_ID, token=TOKEN)
+    assert config != (CLIENT_ID, TOKEN)
+    assert hash(config) == hash(Config(CLIENT_ID, TOKEN, timeout=3))
+    with raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'token'"):
+        config.token = "x"  # type: ignore[misc]
+    with raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'token'"):
+        del config.token  # type: ignore[misc]
+    with raises(TypeError, match=r"missing required argument: 'client_identifier'"):
+        Config()  # type: ignore[call-arg]
+    with raises(TypeError, match=r"takes 17 positional arguments but 18 were given"):
+        Config(*range(18))  # type: ignore[arg-type]
+    with raises(TypeError, match=r"got multiple values for argument 'client_identifier'"):
+        Config(CLIENT_ID, client_identifier=CLIENT_ID)  # type: ignore[misc]
+    with raises(TypeError, match=r"got an unexpected keyword argument 'tokn'"):
+        Config(CLIENT_ID, tokn=TOKEN)  # type: ignore[call-arg]
+    service = plexauth.Service(identifier="a", token=SERVICE_TOKEN)
+    assert service.raw == {}
+    assert pickle.loads(pickle.dumps(service)) == service
+    assert {service, plexauth.Service(identifier="a", token=SERVICE_TOKEN)} == {service}
+    assert plexauth.Service.__match_args__[:2] == ("identifier", "endpoint")
+    with raises(TypeError, match="only frozen=True, repr=False"):
+        plexauth._frozen_dataclass(frozen=False, repr=False)
 
 
 def test_models__bool_and_int_forms() -> None:
