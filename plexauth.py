@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import re
+import sys
 import threading
 import time
 import typing
@@ -68,6 +69,8 @@ __all__ = [
     "get_source_connection_information",
     "get_token_details",
     "post_users_sign_in_data",
+    # command line
+    "main",
 ]
 
 # =============================================================================
@@ -1331,3 +1334,398 @@ def post_users_sign_in_data(
         send_token=False,
         secrets=(password, verification_code or ""),
     )
+
+
+# =============================================================================
+# Command line
+# =============================================================================
+
+_EXIT_CODES = """\
+exit codes:
+  0  done
+  1  any other error (an unexpected status, a file that cannot be written)
+  2  usage: a wrong option, or no token/password/login where one is needed
+  3  unauthorized: the token, login or password is not accepted
+  4  plex.tv asks for a verification code (or the one given was wrong)
+  5  rate limited: try again later
+  6  network: refused, reset, timed out, TLS failure
+  7  the server's answer could not be used
+
+The token is read from --token-file, PLEX_TOKEN_FILE or PLEX_TOKEN, never from
+the command line (where other users see it in ps).  Without --client-id or
+PLEX_CLIENT_IDENTIFIER, an identifier made once is kept in
+$XDG_CONFIG_HOME/plexauth/client-id (plex.tv lists each new one as a device).
+"""
+
+
+class _UsageError(Exception):
+    """A problem with how the command was called: exit code 2."""
+
+
+def _exit_code(exc: PlexAuthError) -> int:
+    for cls, code in (
+        (TwoFactorRequiredError, 4),
+        (UnauthorizedError, 3),
+        (RateLimitedError, 5),
+        (TransportError, 6),
+        (ResponseError, 7),
+    ):
+        if isinstance(exc, cls):
+            return code
+    return 1
+
+
+def _read_secret_file(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _UsageError(f"cannot read the {what} file {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not text:
+        raise _UsageError(f"the {what} file {path!r} is empty")
+    return text
+
+
+def _write_private(path: str, text: str, *, replace: bool = True) -> bool:
+    """Write ``text`` to ``path`` with mode 0600, atomically: readers see the
+    old file or the whole new one.  With ``replace=False`` an existing file
+    wins (False is returned), so concurrent first runs agree on one content."""
+    directory = os.path.dirname(os.path.abspath(path))
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            os.fchmod(file.fileno(), 0o600)
+            file.write(text + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        if replace:
+            os.replace(temporary, path)
+            return True
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        if os.path.lexists(temporary):
+            os.unlink(temporary)
+
+
+def _client_identifier(given: str | None) -> str:
+    """--client-id, PLEX_CLIENT_IDENTIFIER, else the one kept for this user."""
+    if given:
+        return given
+    if os.environ.get("PLEX_CLIENT_IDENTIFIER"):
+        return os.environ["PLEX_CLIENT_IDENTIFIER"]
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    path = os.path.join(base, "plexauth", "client-id")
+    kept = _read_kept(path)
+    if kept:
+        return kept
+    import uuid  # noqa: PLC0415 (only the first run makes one)
+
+    made = f"plexauth-{uuid.uuid4().hex}"
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        if not _write_private(path, made, replace=False):
+            return _read_kept(path) or made  # another run wrote it first
+    except OSError as exc:
+        # A read-only home still works, but plex.tv sees a new device each run.
+        _warn(f"cannot keep the client identifier in {path} ({exc.strerror}); set PLEX_CLIENT_IDENTIFIER")
+    return made
+
+
+def _read_kept(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read().strip() or None
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        _warn(f"cannot read {path} ({getattr(exc, 'strerror', None) or exc}); set PLEX_CLIENT_IDENTIFIER")
+        return None
+
+
+def _warn(message: str) -> None:
+    print(f"plexauth: warning: {message}", file=sys.stderr)
+
+
+def _token(token_file: str | None) -> str:
+    path = token_file or os.environ.get("PLEX_TOKEN_FILE")
+    if path:
+        return _read_secret_file(path, "token")
+    if os.environ.get("PLEX_TOKEN"):
+        return os.environ["PLEX_TOKEN"]
+    raise _UsageError("no token: set PLEX_TOKEN or PLEX_TOKEN_FILE, or use --token-file (never an argument)")
+
+
+def _stdin_is_tty() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _hidden(prompt: str) -> str:
+    import getpass  # noqa: PLC0415
+    return getpass.getpass(prompt, stream=sys.stderr)
+
+
+def _sign_in_credentials(args: Any) -> tuple[str, str]:
+    login = args.login or os.environ.get("PLEX_LOGIN")
+    if not login:
+        if not _stdin_is_tty():
+            raise _UsageError("no login: use --login or set PLEX_LOGIN")
+        print("Login (email or username): ", end="", file=sys.stderr, flush=True)
+        login = sys.stdin.readline().strip()
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif args.password_file:
+        password = _read_secret_file(args.password_file, "password")
+    elif os.environ.get("PLEX_PASSWORD"):
+        password = os.environ["PLEX_PASSWORD"]
+    elif _stdin_is_tty():
+        password = _hidden("Password: ")
+    else:
+        raise _UsageError(
+            "no password: set PLEX_PASSWORD, or use --password-file or --password-stdin "
+            "(standard input is not a terminal, so there is no prompt)"
+        )
+    if not login or not password:
+        raise _UsageError("the login and the password must not be empty")
+    return login, password
+
+
+def _show(args: Any, data: dict[str, Any], lines: list[str]) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print("\n".join(lines))
+    sys.stdout.flush()
+
+
+def _account_summary(account: UserPlexAccount) -> tuple[dict[str, Any], list[str]]:
+    subscription = account.subscription
+    expires = account.remember_expires_at.isoformat() if account.remember_expires_at else None
+    data: dict[str, Any] = {
+        "id": account.id,
+        "uuid": account.uuid,
+        "username": account.username,
+        "title": account.title,
+        "email": account.email,
+        "subscription": None if subscription is None else {
+            "active": subscription.active,
+            "plan": subscription.plan,
+            "status": subscription.status,
+            "features": list(subscription.features),
+        },
+        "tokenExpiresAt": expires,
+    }
+    plan = "none"
+    if subscription is not None:
+        plan = f"{'active' if subscription.active else 'inactive'} ({subscription.plan or subscription.status or '?'})"
+    lines = [
+        f"username: {account.username}",
+        f"email: {account.email or '-'}",
+        f"id: {account.id}",
+        f"subscription: {plan}",
+        f"token expires: {expires or 'unknown'}",
+    ]
+    return data, lines
+
+
+def _cmd_sign_in(args: Any, config: Config) -> int:
+    login, password = _sign_in_credentials(args)
+    try:
+        account = post_users_sign_in_data(
+            config, login, password, verification_code=args.code, remember_me=args.remember_me
+        )
+    except TwoFactorRequiredError:
+        if args.code is not None or not _stdin_is_tty():
+            raise
+        code = _hidden("Verification code: ").strip()
+        account = post_users_sign_in_data(config, login, password, verification_code=code,
+                                          remember_me=args.remember_me)
+    if args.save_token:
+        _write_private(args.save_token, account.auth_token)
+        print(f"plexauth: token saved to {args.save_token}", file=sys.stderr)
+    if args.json:
+        data, _ = _account_summary(account)
+        if args.show_token:
+            data["authToken"] = account.auth_token
+        _show(args, data, [])
+    elif not args.save_token:
+        print(account.auth_token)
+    return 0
+
+
+def _cmd_whoami(args: Any, config: Config) -> int:
+    data, lines = _account_summary(get_token_details(config))
+    _show(args, data, lines)
+    return 0
+
+
+def _cmd_transient_token(args: Any, config: Config) -> int:
+    token = get_transient_token(config, args.type, args.scope)
+    _show(args, {"token": token}, [token])
+    return 0
+
+
+def _cmd_source_info(args: Any, config: Config) -> int:
+    info = get_source_connection_information(config, args.source, refresh=args.refresh)
+    connections = [
+        {"uri": c.uri, "protocol": c.protocol, "address": c.address, "port": c.port, "local": c.local, "relay": c.relay}
+        for c in info.connections
+    ]
+    data: dict[str, Any] = {"name": info.name, "clientIdentifier": info.client_identifier, "connections": connections}
+    lines = [f"name: {info.name or '-'}", f"client identifier: {info.client_identifier or '-'}"]
+    for c in info.connections:
+        kind = "relay" if c.relay else "local" if c.local else "remote"
+        lines.append(f"connection: {c.uri or '-'} ({kind})")
+    if args.show_token:
+        data["accessToken"] = info.access_token
+        lines.append(f"access token: {info.access_token or '-'}")
+    _show(args, data, lines)
+    return 0
+
+
+def _parser() -> Any:
+    import argparse  # noqa: PLC0415 (only the command line needs it)
+
+    # Options that may come before or after the subcommand; SUPPRESS keeps a
+    # subcommand's parser from resetting what was given before it.
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    group = common.add_argument_group("connection")
+    group.add_argument("--server", metavar="URL", default=argparse.SUPPRESS,
+                       help="Plex Media Server URL (PLEX_SERVER_URL; default http://localhost:32400)")
+    group.add_argument("--plex-tv-url", metavar="URL", default=argparse.SUPPRESS,
+                       help="plex.tv API URL (PLEX_TV_URL; default https://plex.tv/api/v2)")
+    group.add_argument("--token-file", metavar="FILE", default=argparse.SUPPRESS,
+                       help="read the token from FILE (PLEX_TOKEN_FILE; else PLEX_TOKEN)")
+    group.add_argument("--client-id", metavar="ID", default=argparse.SUPPRESS,
+                       help="X-Plex-Client-Identifier (PLEX_CLIENT_IDENTIFIER; else one kept for this user)")
+    group.add_argument("--timeout", metavar="SECONDS", type=float, default=argparse.SUPPRESS,
+                       help="connect and read timeout (default 10)")
+    group.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    group.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="DEBUG logs (secrets stay hidden) and tracebacks on stderr")
+
+    parser = argparse.ArgumentParser(
+        prog="plexauth",
+        description="Sign in to plex.tv and manage Plex tokens from scripts and cron jobs.",
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+        allow_abbrev=False,
+    )
+    parser.add_argument("--version", action="version", version=f"plexauth {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, run: Callable[[Any, Config], int], text: str) -> Any:
+        sub = commands.add_parser(name, parents=[common], help=text, description=text, epilog=_EXIT_CODES,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+        sub.set_defaults(run=run)
+        return sub
+
+    sign_in = command("sign-in", _cmd_sign_in, "sign in to plex.tv and print the new token")
+    sign_in.add_argument("--login", help="email or username (PLEX_LOGIN)")
+    source = sign_in.add_mutually_exclusive_group()
+    source.add_argument("--password-file", metavar="FILE", help="read the password from FILE (else PLEX_PASSWORD)")
+    source.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    sign_in.add_argument("--code", help="the verification code, if the account uses two-factor authentication")
+    sign_in.add_argument("--remember-me", action="store_true", help="ask for a long-lived token")
+    sign_in.add_argument("--save-token", metavar="FILE", help="write the token to FILE (mode 0600) instead")
+    sign_in.add_argument("--show-token", action="store_true", help="with --json, include the token")
+
+    command("whoami", _cmd_whoami, "print the account behind the token (never the token)")
+
+    transient = command("transient-token", _cmd_transient_token, "print a transient token from the server")
+    transient.add_argument("--type", default="delegation", choices=[m.value for m in GetTransientTokenQueryParamType])
+    transient.add_argument("--scope", default="all", choices=[m.value for m in Scope])
+
+    info = command("source-info", _cmd_source_info, "print a source's name, identifier and connections")
+    info.add_argument("source", metavar="SOURCE", help="e.g. server://<client identifier>")
+    info.add_argument("--refresh", action="store_true", help="ask the server to refresh the source")
+    info.add_argument("--show-token", action="store_true", help="also print the source's access token")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit code.
+
+    Example::
+
+        $ PLEX_TOKEN_FILE=/run/secrets/plex python -m plexauth whoami --json
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    for arg in argv:
+        option = arg.split("=", 1)[0]
+        if option in ("--token", "--password"):
+            # Refused before argparse, whose message would repeat the value.
+            print(f"plexauth: error: there is no {option} option: secrets on the command line show in ps; "
+                  f"see --token-file, --password-file and --password-stdin", file=sys.stderr)
+            return 2
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    verbose = getattr(args, "verbose", False)
+    args.json = getattr(args, "json", False)
+    # Handlers on our loggers, not basicConfig: main() may run inside a bigger program.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    loggers = [logging.getLogger(name) for name in ("plexauth", "urllib3")] if verbose else []
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+    try:
+        return _run(args)
+    except _UsageError as exc:
+        print(f"plexauth: error: {exc}", file=sys.stderr)
+        return 2
+    except PlexAuthError as exc:
+        if verbose:
+            import traceback  # noqa: PLC0415
+
+            traceback.print_exc(file=sys.stderr)
+        print(f"plexauth: error: {exc}", file=sys.stderr)
+        return _exit_code(exc)
+    except OSError as exc:  # writing --save-token
+        print(f"plexauth: error: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+
+
+def _run(args: Any) -> int:
+    """Build the Config from options and environment, then run the subcommand."""
+    settings: dict[str, Any] = {}
+    if args.run is not _cmd_sign_in:  # first: no token, no side effects
+        settings["token"] = _token(getattr(args, "token_file", None))
+    settings["client_identifier"] = _client_identifier(getattr(args, "client_id", None))
+    for option, name, variable in (
+        ("server", "server_url", "PLEX_SERVER_URL"),
+        ("plex_tv_url", "plex_tv_url", "PLEX_TV_URL"),
+    ):
+        value = getattr(args, option, None) or os.environ.get(variable)
+        if value:
+            settings[name] = value
+    if hasattr(args, "timeout"):
+        settings["timeout"] = args.timeout
+    try:
+        config = Config(**settings)
+    except (TypeError, ValueError) as exc:
+        raise _UsageError(str(exc)) from None
+    result: int = args.run(args, config)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

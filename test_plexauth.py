@@ -7,6 +7,7 @@ import dataclasses
 import datetime
 import http
 import http.server
+import io
 import json
 import logging
 import os
@@ -1806,3 +1807,403 @@ def test_readme__guarantees_name_real_tests() -> None:
     )
     assert f"{THREADS} threads \u00d7 {CALLS_PER_THREAD} calls" in text
     assert f"stops at {plexauth.MAX_BODY_BYTES // 2**20} MiB" in text
+
+
+# --------------------------------------------------------------------------- command line
+
+
+class FakeTTY(io.StringIO):
+    """Standard input that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def cli(httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: pytest.CaptureFixture[str]):
+    """Runs ``main(argv)`` in this process against the test server; returns
+    (exit code, stdout, stderr), and checks that no secret was printed that
+    the command was not asked for."""
+    for name in list(os.environ):
+        if name.startswith("PLEX_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("PLEX_SERVER_URL", httpserver.url_for("").rstrip("/"))
+    monkeypatch.setenv("PLEX_TV_URL", httpserver.url_for("/api/v2"))
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+
+    def run(*argv: str, shown: tuple[str, ...] = ()) -> tuple[int, str, str]:
+        code = plexauth.main(list(argv))
+        out, err = capsys.readouterr()
+        assert_no_secret(err)
+        assert_no_secret(out, tuple(c for c in CANARIES if c not in shown and not any(c in s for s in shown)))
+        return code, out, err
+
+    return run
+
+
+def test_cli__sign_in_prints_token(cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    httpserver.expect_request("/api/v2/users/signin", method="POST").respond_with_json(ACCOUNT, status=201)
+    monkeypatch.setenv("PLEX_PASSWORD", PASSWORD)
+    assert cli("sign-in", "--login", "me@example.com", shown=(AUTH_TOKEN,)) == (0, AUTH_TOKEN + "\n", "")
+    (request,) = requests_seen(httpserver)
+    assert request.form.to_dict() == {"login": "me@example.com", "password": PASSWORD, "rememberMe": "false"}
+    assert "X-Plex-Token" not in request.headers
+
+
+@pytest.mark.parametrize("source", ["file", "stdin", "env-login"])
+def test_cli__sign_in_password_sources(
+    cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any, source: str
+) -> None:
+    httpserver.expect_request("/api/v2/users/signin").respond_with_json(ACCOUNT, status=201)
+    args = ["sign-in", "--login", "me", "--remember-me"]
+    if source == "file":
+        (tmp_path / "pw").write_text(PASSWORD + "\n", encoding="utf-8")
+        args += ["--password-file", str(tmp_path / "pw")]
+    elif source == "stdin":
+        monkeypatch.setattr(sys, "stdin", io.StringIO(PASSWORD + "\n"))
+        args += ["--password-stdin"]
+    else:
+        monkeypatch.setenv("PLEX_LOGIN", "me")
+        monkeypatch.setenv("PLEX_PASSWORD", PASSWORD)
+        args = ["sign-in", "--remember-me"]
+    code, out, _ = cli(*args, shown=(AUTH_TOKEN,))
+    assert (code, out) == (0, AUTH_TOKEN + "\n")
+    (request,) = requests_seen(httpserver)
+    assert (request.form["login"], request.form["password"], request.form["rememberMe"]) == ("me", PASSWORD, "true")
+
+
+def test_cli__sign_in_without_password_and_no_tty_exits_2(cli: Any, httpserver: HTTPServer) -> None:
+    code, out, err = cli("sign-in", "--login", "me")
+    assert (code, out) == (2, "")
+    assert err == (
+        "plexauth: error: no password: set PLEX_PASSWORD, or use --password-file or --password-stdin "
+        "(standard input is not a terminal, so there is no prompt)\n"
+    )
+    assert cli("sign-in")[2] == "plexauth: error: no login: use --login or set PLEX_LOGIN\n"
+    assert httpserver.log == []
+
+
+def test_cli__sign_in_prompts_on_a_tty(cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 1029 first; on a terminal the code is asked for and the sign-in sent again with it.
+    two_factor = {"errors": [{"code": 1029, "message": "Please enter the verification code"}]}
+    httpserver.expect_ordered_request("/api/v2/users/signin").respond_with_json(two_factor, status=401)
+    httpserver.expect_ordered_request("/api/v2/users/signin").respond_with_json(ACCOUNT, status=201)
+    monkeypatch.setattr(sys, "stdin", FakeTTY("me@example.com\n"))
+    answers = {"Password: ": PASSWORD, "Verification code: ": CODE + " "}
+    prompts: list[str] = []
+
+    def getpass(prompt: str, stream: Any = None) -> str:
+        prompts.append(prompt)
+        assert stream is sys.stderr  # prompts never go to stdout
+        return answers[prompt]
+
+    monkeypatch.setattr("getpass.getpass", getpass)
+    code, out, err = cli("sign-in", shown=(AUTH_TOKEN,))
+    assert (code, out, err) == (0, AUTH_TOKEN + "\n", "Login (email or username): ")
+    assert prompts == ["Password: ", "Verification code: "]
+    first, second = requests_seen(httpserver)
+    assert "verificationCode" not in first.form
+    assert (second.form["login"], second.form["verificationCode"]) == ("me@example.com", CODE)
+
+
+@pytest.mark.parametrize("tty", [False, True], ids=["no-tty", "code-given"])
+def test_cli__sign_in_two_factor_exits_4(
+    cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, tty: bool
+) -> None:
+    two_factor = {"errors": [{"code": 1029, "message": "Please enter the verification code"}]}
+    httpserver.expect_request("/api/v2/users/signin").respond_with_json(two_factor, status=401)
+    monkeypatch.setenv("PLEX_PASSWORD", PASSWORD)
+    args = ["sign-in", "--login", "me"]
+    if tty:  # a code was given and is wrong: not asked again
+        monkeypatch.setattr(sys, "stdin", FakeTTY(""))
+        args += ["--code", CODE]
+    code, out, err = cli(*args)
+    assert (code, out) == (4, "")
+    assert err == (
+        "plexauth: error: POST /api/v2/users/signin failed with 401 Unauthorized: "
+        "Please enter the verification code (code 1029)\n"
+    )
+    assert len(httpserver.log) == 1
+
+
+def test_cli__sign_in_json_and_save_token(
+    cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    httpserver.expect_request("/api/v2/users/signin").respond_with_json(ACCOUNT, status=201)
+    monkeypatch.setenv("PLEX_PASSWORD", PASSWORD)
+    code, out, _ = cli("sign-in", "--login", "me", "--json")
+    assert code == 0
+    summary = json.loads(out)
+    assert (summary["username"], summary["id"], "authToken" in summary) == ("Username", 13692262, False)
+    code, out, _ = cli("--json", "sign-in", "--login", "me", "--show-token", shown=(AUTH_TOKEN,))
+    assert json.loads(out)["authToken"] == AUTH_TOKEN
+    target = tmp_path / "token"
+    target.write_text("old")
+    code, out, err = cli("sign-in", "--login", "me", "--save-token", str(target))
+    assert (code, out, err) == (0, "", f"plexauth: token saved to {target}\n")
+    assert target.read_text() == AUTH_TOKEN + "\n"
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config", "token"]  # no temporary file left
+    code, _, err = cli("sign-in", "--login", "me", "--save-token", str(tmp_path / "missing" / "token"))
+    assert code == 1
+    assert err.startswith(f"plexauth: error: cannot write {tmp_path / 'missing'}/")
+    assert err.endswith(": No such file or directory\n")
+
+
+@pytest.mark.parametrize("where", ["env", "env-file", "option"])
+def test_cli__whoami(cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any, where: str):
+    httpserver.expect_request("/api/v2/user").respond_with_json(ACCOUNT)
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    args = ["whoami"]
+    if where == "env":
+        monkeypatch.setenv("PLEX_TOKEN", TOKEN)
+    elif where == "env-file":
+        monkeypatch.setenv("PLEX_TOKEN_FILE", str(tmp_path / "token"))
+    else:
+        args += ["--token-file", str(tmp_path / "token")]
+    code, out, err = cli(*args)
+    assert (code, err) == (0, "")
+    assert out == (
+        "username: Username\nemail: username@email.com\nid: 13692262\nsubscription: active (lifetime)\n"
+        "token expires: 2024-05-21T08:59:00+00:00\n"
+    )
+    assert requests_seen(httpserver)[0].headers["X-Plex-Token"] == TOKEN
+    code, out, _ = cli(*args, "--json")
+    assert json.loads(out) == {
+        "id": 13692262, "uuid": "dae343c1f45beb4f", "username": "Username", "title": "UsernameTitle",
+        "email": "username@email.com", "tokenExpiresAt": "2024-05-21T08:59:00+00:00",
+        "subscription": {"active": True, "plan": "lifetime", "status": "Active",
+                         "features": ["webhooks", "a-feature-added-tomorrow"]},
+    }
+
+
+def test_cli__whoami_minimal_account(cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PLEX_SERVER_URL")  # not needed by whoami
+    account = {"id": 1, "uuid": "u", "username": "x", "authToken": AUTH_TOKEN, "subscription": {"active": False}}
+    httpserver.expect_request("/api/v2/user").respond_with_json(account)
+    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
+    assert cli("whoami")[1] == "username: x\nemail: -\nid: 1\nsubscription: inactive (?)\ntoken expires: unknown\n"
+    httpserver.clear()
+    httpserver.expect_request("/api/v2/user").respond_with_json({**account, "subscription": None})
+    assert "subscription: none\n" in cli("whoami")[1]
+
+
+def test_cli__transient_token(cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    httpserver.expect_request("/security/token", query_string="type=delegation&scope=all").respond_with_json(
+        {"MediaContainer": {"token": TRANSIENT}}
+    )
+    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
+    assert cli("transient-token", shown=(TRANSIENT,)) == (0, TRANSIENT + "\n", "")
+    assert json.loads(cli("transient-token", "--json", shown=(TRANSIENT,))[1]) == {"token": TRANSIENT}
+
+
+def test_cli__source_info(cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    httpserver.expect_request("/security/resources").respond_with_json(SOURCE)
+    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
+    code, out, err = cli("source-info", "server://0123456789abcdef")
+    assert (code, err) == (0, "")
+    assert out == (
+        "name: Living Room\nclient identifier: 0123456789abcdef\n"
+        "connection: https://192-0-2-10.abc.plex.direct:32400 (local)\n"
+        "connection: https://198-51-100-7.abc.plex.direct:8443 (relay)\n"
+    )
+    code, out, _ = cli("source-info", "server://0123456789abcdef", "--show-token", "--refresh", shown=(ACCESS_TOKEN,))
+    assert out.endswith(f"access token: {ACCESS_TOKEN}\n")
+    assert requests_seen(httpserver)[-1].args["refresh"] == "1"
+    data = json.loads(cli("source-info", "x", "--json")[1])
+    assert "accessToken" not in data
+    assert data["connections"][1] == {"uri": "https://198-51-100-7.abc.plex.direct:8443", "protocol": "https",
+                                      "address": "198.51.100.7", "port": 8443, "local": False, "relay": True}
+    httpserver.clear()
+    httpserver.expect_request("/security/resources").respond_with_json({"MediaContainer": {"Device": {"x": 1}}})
+    assert cli("source-info", "x", "--show-token")[1] == (
+        "name: -\nclient identifier: -\naccess token: -\n"
+    )
+    httpserver.clear()
+    httpserver.expect_request("/security/resources").respond_with_json(
+        {"MediaContainer": {"Device": {"Connection": [{"local": False}]}}}
+    )
+    assert "connection: - (remote)\n" in cli("source-info", "x")[1]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (401, {"errors": [{"code": 1001, "message": "User could not be authenticated"}]}, 3),
+        (401, {"errors": [{"code": 1029, "message": "Please enter the verification code"}]}, 4),
+        (429, {"errors": [{"code": 1003, "message": "Rate limit exceeded"}]}, 5),
+        (200, "not json", 7),
+        (500, "boom", 1),
+        (404, "", 1),
+    ],
+    ids=["unauthorized", "two-factor", "rate-limited", "unexpected", "server-error", "not-found"],
+)
+def test_cli__exit_codes(
+    cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, status: int, body: Any, expected: int
+) -> None:
+    data = body if isinstance(body, str) else json.dumps(body)
+    httpserver.expect_request("/api/v2/user").respond_with_data(data, status=status, headers={"Retry-After": "60"})
+    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
+    code, out, err = cli("whoami", "--timeout", "5")
+    assert (code, out) == (expected, "")
+    assert err.startswith("plexauth: error: GET /api/v2/user ")
+    assert err.count("\n") == 1  # one line, no traceback
+
+
+def test_cli__network_error_exits_6(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
+    code, _, err = cli("--server", f"http://127.0.0.1:{port}", "transient-token")
+    assert code == 6
+    assert err.startswith("plexauth: error: GET /security/token could not complete: could not connect (")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["whoami", "--token", TOKEN], "there is no --token option: secrets on the command line show in ps"),
+        (["sign-in", f"--password={PASSWORD}"], "there is no --password option"),
+        (["whoami", "--token-f", "x"], "unrecognized arguments: --token-f"),
+        (["whoami"], "no token: set PLEX_TOKEN or PLEX_TOKEN_FILE, or use --token-file (never an argument)"),
+        (["whoami", "--token-file", "/no/such/file"], "cannot read the token file '/no/such/file': No such file"),
+        (["--server", "ftp://x", "transient-token"], "Config.server_url must be an http:// or https:// URL"),
+        (["whoami", "--timeout", "0"], "Config.timeout must be a positive number of seconds, got 0.0"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+    ids=[
+        "token-argument", "password-argument", "no-abbreviations", "no-token", "token-file-missing", "bad-url",
+        "bad-timeout", "bad-command", "nothing",
+    ],
+)
+def test_cli__usage_errors_exit_2(
+    cli: Any, monkeypatch: pytest.MonkeyPatch, httpserver: HTTPServer, argv: list[str], message: str
+) -> None:
+    if not message.startswith("no token"):
+        monkeypatch.setenv("PLEX_TOKEN", TOKEN)
+    code, out, err = cli(*argv)
+    assert (code, out) == (2, "")
+    assert message in err
+    assert httpserver.log == []
+
+
+def test_cli__empty_token_file_and_password(cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    (tmp_path / "empty").write_text("\n")
+    assert cli("whoami", "--token-file", str(tmp_path / "empty"))[2] == (
+        f"plexauth: error: the token file {str(tmp_path / 'empty')!r} is empty\n"
+    )
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))
+    assert cli("sign-in", "--login", "me", "--password-stdin")[2] == (
+        "plexauth: error: the login and the password must not be empty\n"
+    )
+
+
+def test_cli__help_and_version(cli: Any) -> None:
+    code, out, _ = cli("--help")
+    assert code == 0
+    for line in ("3  unauthorized", "4  plex.tv asks for a verification code", "5  rate limited", "6  network",
+                 "7  the server's answer could not be used", "never from\nthe command line"):
+        assert line in out
+    assert cli("--version") == (0, f"plexauth {plexauth.__version__}\n", "")
+
+
+def test_cli__client_identifier_kept_0600_and_reused(
+    cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    httpserver.expect_request("/api/v2/user").respond_with_json(ACCOUNT)
+    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
+    assert cli("whoami")[0] == 0
+    assert cli("whoami")[0] == 0
+    kept = tmp_path / "config" / "plexauth" / "client-id"
+    first, second = (r.headers["X-Plex-Client-Identifier"] for r in requests_seen(httpserver))
+    assert first == second == kept.read_text().strip()
+    assert first.startswith("plexauth-")
+    assert kept.stat().st_mode & 0o777 == 0o600
+    assert kept.parent.stat().st_mode & 0o777 == 0o700
+    monkeypatch.setenv("PLEX_CLIENT_IDENTIFIER", "from-env")
+    cli("whoami")
+    cli("whoami", "--client-id", "from-option")
+    assert [r.headers["X-Plex-Client-Identifier"] for r in requests_seen(httpserver)][2:] == ["from-env", "from-option"]
+
+
+def test_cli__client_identifier_unwritable_or_unreadable(
+    cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    httpserver.expect_request("/api/v2/user").respond_with_json(ACCOUNT)
+    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "file"))  # a file where a folder should be
+    code, _, err = cli("whoami")
+    assert code == 0
+    assert "plexauth: warning: cannot keep the client identifier in " in err
+    (tmp_path / "cfg" / "plexauth" / "client-id").mkdir(parents=True)  # a folder where the file should be
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    code, _, err = cli("whoami")
+    assert code == 0
+    assert "plexauth: warning: cannot read " in err
+
+
+def test_cli__client_identifier_written_first_by_another_run(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two first runs at once: the one that links second reads the first one's identifier.
+    path = tmp_path / "client-id"
+    assert plexauth._write_private(str(path), "first", replace=False) is True
+    assert plexauth._write_private(str(path), "second", replace=False) is False
+    assert path.read_text() == "first\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["client-id"]
+
+
+def test_cli__verbose_logs_without_secrets(cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch):
+    httpserver.expect_request("/api/v2/user").respond_with_json({"errors": [{"code": 1001}]}, status=401)
+    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
+    code, out, err = cli("-v", "whoami")
+    assert (code, out) == (3, "")
+    assert "plexauth: GET /api/v2/user -> 401 (" in err
+    assert "Traceback (most recent call last)" in err
+    # main() took its handlers away again.
+    assert all(isinstance(h, logging.NullHandler) for h in logging.getLogger("plexauth").handlers)
+    assert logging.getLogger("urllib3").level == logging.NOTSET
+
+
+def test_cli__entry_points(httpserver: HTTPServer, tmp_path: Any) -> None:
+    # Once each: python -m plexauth, the console script, and the file alone in an empty folder.
+    httpserver.expect_request("/api/v2/user").respond_with_json(ACCOUNT)
+    (tmp_path / "token").write_text(TOKEN)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(plexauth.__file__, alone / "plexauth.py")
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PLEX_TOKEN_FILE": str(tmp_path / "token"),
+        "PLEX_TV_URL": httpserver.url_for("/api/v2"),
+        "PLEX_CLIENT_IDENTIFIER": CLIENT_ID,
+        "HOME": str(tmp_path),
+    }
+    script = os.path.join(os.path.dirname(sys.executable), "plexauth")
+    commands = [([sys.executable, "-m", "plexauth", "whoami"], None)]
+    commands.append(([sys.executable, "plexauth.py", "whoami"], alone))
+    if os.path.exists(script):  # installed (pip install -e .), as in the README's test command
+        commands.append(([script, "whoami"], None))
+    for argv, cwd in commands:
+        result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert (result.returncode, result.stderr) == (0, ""), argv
+        assert result.stdout.startswith("username: Username\n")
+        assert_no_secret(result.stdout + result.stderr)
+    assert len(httpserver.log) == len(commands)
+
+
+def test_cli__interrupted_prompt_and_odd_stdin(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", FakeTTY(""))
+
+    def interrupted(prompt: str, stream: Any = None) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("getpass.getpass", interrupted)
+    assert cli("sign-in", "--login", "me") == (130, "", "")
+    closed = io.StringIO()
+    closed.close()
+    monkeypatch.setattr(sys, "stdin", closed)  # isatty() raises ValueError: not a terminal
+    assert cli("sign-in", "--login", "me")[0] == 2
+    monkeypatch.setattr(sys, "stdin", None)  # pythonw, or a service without one
+    assert cli("sign-in", "--login", "me")[0] == 2
