@@ -2207,3 +2207,17 @@ def test_cli__interrupted_prompt_and_odd_stdin(cli: Any, monkeypatch: pytest.Mon
     assert cli("sign-in", "--login", "me")[0] == 2
     monkeypatch.setattr(sys, "stdin", None)  # pythonw, or a service without one
     assert cli("sign-in", "--login", "me")[0] == 2
+
+
+def test_readme__documents_every_subcommand_and_exit_code() -> None:
+    import argparse
+
+    with open(os.path.join(os.path.dirname(__file__), "README.rst"), encoding="utf-8") as file:
+        readme = file.read()
+    section = readme[readme.index("Command line\n---") : readme.index("Errors\n---")]
+    (subcommands,) = [a for a in plexauth._parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    for name in subcommands.choices:
+        assert f"\n``{name}" in section, name
+    for code in range(8):
+        assert f"\n{code}     " in section, code
+    assert "crontab" in section or "cron job" in section
