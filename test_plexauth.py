@@ -2221,3 +2221,55 @@ def test_readme__documents_every_subcommand_and_exit_code() -> None:
     for code in range(8):
         assert f"\n{code}     " in section, code
     assert "crontab" in section or "cron job" in section
+
+
+def test_cli__sign_in_on_a_real_terminal(httpserver: HTTPServer, tmp_path: Any) -> None:
+    # A pseudo-terminal on stdin and stderr: the prompts appear there, the
+    # terminal echoes the login but neither the password nor the code, and the
+    # token goes to stdout (a pipe).
+    import pty
+    import select
+
+    two_factor = {"errors": [{"code": 1029, "message": "Please enter the verification code"}]}
+    httpserver.expect_ordered_request("/api/v2/users/signin").respond_with_json(two_factor, status=401)
+    httpserver.expect_ordered_request("/api/v2/users/signin").respond_with_json(ACCOUNT, status=201)
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "PYTHONPATH": os.path.dirname(plexauth.__file__),
+        "PLEX_TV_URL": httpserver.url_for("/api/v2"),
+        "PLEX_CLIENT_IDENTIFIER": CLIENT_ID,
+    }
+    master, slave = pty.openpty()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "plexauth", "sign-in"], stdin=slave, stdout=subprocess.PIPE, stderr=slave, env=env,
+        start_new_session=True,
+    )
+    os.close(slave)
+    seen = b""
+
+    def expect(text: bytes) -> None:
+        nonlocal seen
+        while text not in seen:
+            ready, _, _ = select.select([master], [], [], 30)
+            assert ready, f"no {text!r} on the terminal; it shows {seen!r}"
+            seen += os.read(master, 4096)
+
+    try:
+        expect(b"Login (email or username): ")
+        os.write(master, b"me@example.com\n")
+        expect(b"Password: ")
+        os.write(master, PASSWORD.encode() + b"\n")
+        expect(b"Verification code: ")
+        os.write(master, CODE.encode() + b"\n")
+        out, _ = child.communicate(timeout=30)
+    finally:
+        child.kill()
+        child.wait()
+        os.close(master)
+    assert child.returncode == 0
+    assert out == AUTH_TOKEN.encode() + b"\n"
+    assert b"me@example.com" in seen  # echoed, as typed
+    assert_no_secret(seen.decode("utf-8", "replace"))
+    second = requests_seen(httpserver)[1]
+    assert (second.form["password"], second.form["verificationCode"]) == (PASSWORD, CODE)
