@@ -346,11 +346,19 @@ class _Record:
     def __post_init__(self) -> None:
         """Validation hook, as in dataclasses."""
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickles and copies carry the fields, not what calls worked out (_prepared holds a pool).
+        return {name: value for name, value in self.__dict__.items() if not name.startswith("_")}
+
     @classmethod
     def _decode(cls, data: Any) -> Any:
-        """Decode a wire object; replaced on each model class by the function
-        _decoder writes for it, the first time one is decoded."""
-        return _decoder(cls)(data)
+        """Decode a wire object with the general loop, until the class has been
+        decoded often enough to be worth its own function (see _decoder)."""
+        count: int = cls.__dict__.get("_decoded", 0) + 1
+        type.__setattr__(cls, "_decoded", count)
+        if count >= _COMPILE_AFTER:
+            return _decoder(cls)(data)
+        return _decode_generally(cls, data)
 
     def _key(self) -> tuple[Any, ...]:
         values = self.__dict__
@@ -566,6 +574,8 @@ def _time(value: Any) -> datetime.datetime | None:
         return None
 
 
+#: Decodes of a model class after which it gets a compiled decoder (_decoder).
+_COMPILE_AFTER = 32
 # A value of this type is already what the converter would return.
 _UNCONVERTED: dict[Callable[[Any], Any], type] = {_str: str, _int: int, _bool: bool}
 
@@ -605,15 +615,35 @@ def _build(cls: type[_M], data: Any) -> _M:
     return model
 
 
-def _decoder(cls: type) -> Callable[[Any], Any]:
-    """Write, compile and keep on ``cls`` the function that decodes one object.
+def _decode_generally(cls: type, data: Any) -> Any:
+    """Decode ``data`` into ``cls`` with a loop over its fields."""
+    if not isinstance(data, dict):
+        raise _Invalid(f"expected an object for {cls.__name__}, got {type(data).__name__}")
+    names, keys, kinds, converters, required, empty = cls._decoding  # type: ignore[attr-defined]
+    values: dict[str, Any] = {}
+    for name, key, kind, convert, missing in zip(names, keys, kinds, converters, empty):
+        value = data.get(key)
+        values[name] = missing if value is None else value if value.__class__ is kind else convert(value)
+    for i, key in required:
+        if values[names[i]] is None:
+            raise _Invalid(f"{key!r} is missing or has the wrong type")
+    values["raw"] = data
+    model: Any = object.__new__(cls)
+    object.__setattr__(model, "__dict__", values)
+    return model
 
-    Decoding is the hot path of every call: a straight-line function with a
-    line per field runs about twice as fast as a loop over the fields.  It is
-    made the first time a model is decoded, not at import.  Only the module's
-    own field names and keys go into the source (as repr() literals).
+
+def _decoder(cls: type) -> Callable[[Any], Any]:
+    """Write, compile and keep on ``cls`` a function that decodes one object
+    as _decode_generally does, with a line per field instead of a loop.
+
+    Decoding is the hot path of every call, and the written function runs
+    about twice as fast; writing it costs about half a millisecond, so it is
+    done once a class has been decoded _COMPILE_AFTER times (a cron run that
+    makes one call never pays for it).  Only the module's own field names and
+    keys go into the source, as repr() literals.
     """
-    names, keys, fine, converters, required, empty = cls._decoding  # type: ignore[attr-defined]
+    names, keys, kinds, converters, required, empty = cls._decoding  # type: ignore[attr-defined]
     scope: dict[str, Any] = {"cls": cls, "new": object.__new__, "set_dict": object.__setattr__, "Invalid": _Invalid,
                              "dict": dict}
     lines = [
@@ -622,13 +652,11 @@ def _decoder(cls: type) -> Callable[[Any], Any]:
         f"        raise Invalid('expected an object for {cls.__name__}, got ' + type(data).__name__)",
         "    get = data.get",
     ]
-    for i, (key, kind, convert) in enumerate(zip(keys, fine, converters)):
-        scope[f"convert{i}"], scope[f"empty{i}"] = convert, empty[i]
-        if kind is None:  # no type passes unconverted: only a missing value is skipped
-            lines.append(f"    v = get({key!r}); f{i} = empty{i} if v is None else convert{i}(v)")
-        else:
-            scope[f"kind{i}"] = kind
-            lines.append(f"    v = get({key!r}); f{i} = v if v is None or v.__class__ is kind{i} else convert{i}(v)")
+    for i, (key, kind, convert) in enumerate(zip(keys, kinds, converters)):
+        scope[f"convert{i}"], scope[f"empty{i}"], scope[f"kind{i}"] = convert, empty[i], kind
+        lines.append(
+            f"    v = get({key!r}); f{i} = empty{i} if v is None else v if v.__class__ is kind{i} else convert{i}(v)"
+        )
     for i, key in required:
         lines.append(f"    if f{i} is None: raise Invalid({repr(key)!r} + ' is missing or has the wrong type')")
     fields = ", ".join(f"{name!r}: f{i}" for i, name in enumerate(names))

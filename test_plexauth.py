@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import datetime
 import http
@@ -1571,6 +1572,10 @@ def test_dataclass__behaves_as_dataclasses_do() -> None:
         Config(CLIENT_ID, client_identifier=CLIENT_ID)  # type: ignore[misc]
     with raises(TypeError, match=r"got an unexpected keyword argument 'tokn'"):
         Config(CLIENT_ID, tokn=TOKEN)  # type: ignore[call-arg]
+    used = Config(CLIENT_ID, token=TOKEN, server_url="http://127.0.0.1:9")
+    plexauth._prepared(used)  # what a call works out, with the pool in it
+    assert pickle.loads(pickle.dumps(used)) == used
+    assert "_prepared" not in vars(copy.copy(used))
     service = plexauth.Service(identifier="a", token=SERVICE_TOKEN)
     assert service.raw == {}
     assert pickle.loads(pickle.dumps(service)) == service
@@ -1733,6 +1738,32 @@ answers = st.fixed_dictionaries(
         "Content-Encoding": st.none() | st.sampled_from(["gzip", "deflate", "identity", "x-unknown"]),
     }
 )
+
+
+MODELS = [plexauth.UserPlexAccount, plexauth.Subscription, plexauth.UserProfile, plexauth.Service,
+          plexauth.Connection, plexauth.SourceConnectionInformation]
+
+
+@pytest.mark.parametrize("cls", MODELS, ids=lambda cls: cls.__name__)
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.one_of(
+    st.sampled_from([ACCOUNT, ACCOUNT["subscription"], ACCOUNT["profile"], ACCOUNT["services"][0],
+                     SOURCE["MediaContainer"]["Device"]]).flatmap(
+        lambda doc: st.fixed_dictionaries({}, optional={key: json_values | st.just(value)
+                                                         for key, value in doc.items()})),
+    json_values,
+))
+def test_decoders__loop_and_compiled_agree(cls: Any, data: Any) -> None:
+    # A class is decoded by the loop first, then by a function written for it: the same answers.
+    outcomes = []
+    for decode in (lambda d: plexauth._decode_generally(cls, d), plexauth._decoder(cls)):
+        try:
+            model = decode(data)
+        except plexauth._Invalid as exc:
+            outcomes.append(("invalid", str(exc)))
+        else:
+            outcomes.append(("model", model, vars(model)))
+    assert outcomes[0] == outcomes[1]
 
 
 @pytest.fixture(scope="module")
