@@ -40,8 +40,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MODULE = os.path.join(os.path.dirname(HERE), "plexauth.py")
 TOKEN = "bench-token-0123456789"  # noqa: S105 (a made-up token for the local server)
 
-COLD_RUNS = 20
-ONESHOT_RUNS = 20
+COLD_RUNS = 30
+ONESHOT_RUNS = 30
 WARM_CALLS = 2000
 WARM_REPEATS = 15
 
@@ -303,6 +303,13 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def paired(ours: list[tuple[float, int, str]], floor: list[tuple[float, int, str]], field: int) -> float:
+    """The median ratio of runs made one after the other (field 0: wall time,
+    1: peak RSS): steadier than a ratio of medians on a machine whose speed
+    drifts."""
+    return median([float(a[field]) / float(b[field]) for a, b in zip(ours, floor)])
+
+
 def importtime_top(folder: str, count: int = 10) -> list[tuple[int, int, str]]:
     """(self µs, cumulative µs, module) of what ``import plexauth`` adds to urllib3."""
     code = (f"import sys; sys.path.insert(0, {folder!r}); import urllib3; sys.stderr.write('--mark--\\n'); "
@@ -326,11 +333,19 @@ def cold_import(folder: str) -> float:
         COLD_RUNS,
     )
     times = {name: median([r[0] for r in runs]) * 1000 for name, runs in cold.items()}
-    ratio = times["import plexauth"] / times["import urllib3"]
-    print(f"\ncold import, median of {COLD_RUNS} interleaved runs (whole process)")
+    ratio = paired(cold["import plexauth"], cold["import urllib3"], 0)
+    print(f"\ncold import, median of {COLD_RUNS} interleaved runs (whole process; the ratio is the median of"
+          " the ratios of runs made one after the other)")
     for name, ms in times.items():
         print(f"  {name:<18} {ms:8.1f} ms")
     print(f"  plexauth adds {times['import plexauth'] - times['import urllib3']:.1f} ms to urllib3: ratio {ratio:.2f}")
+    # Whole processes vary by several ms from run to run; timed inside one, the import itself does not.
+    inner = interleaved({"inner": f"import sys, time; sys.path.insert(0, {folder!r}); import urllib3; "
+                                  "started = time.perf_counter(); import plexauth; "
+                                  "print(time.perf_counter() - started)"}, COLD_RUNS)["inner"]
+    own = median([float(r[2]) for r in inner]) * 1000
+    print(f"  import plexauth after urllib3, timed inside the process: {own:.1f} ms "
+          f"({own / times['import urllib3']:.1%} of importing urllib3)")
     print("  what it adds (python -X importtime, self µs / cumulative µs):")
     for own, cumulative, name in importtime_top(folder):
         print(f"    {own:7d} {cumulative:7d}  {name}")
@@ -341,8 +356,9 @@ def one_shot(fill: dict[str, Any]) -> tuple[float, float]:
     shots = interleaved({name: code.format(**fill) for name, code in ONESHOT.items()}, ONESHOT_RUNS)
     wall = {name: median([r[0] for r in runs]) * 1000 for name, runs in shots.items()}
     rss = {name: median([float(r[1]) for r in runs]) / 1024 for name, runs in shots.items()}
-    ratios = wall["plexauth"] / wall["urllib3"], rss["plexauth"] / rss["urllib3"]
-    print(f"\none-shot process (import + one GET /user), median of {ONESHOT_RUNS} interleaved runs")
+    ratios = paired(shots["plexauth"], shots["urllib3"], 0), paired(shots["plexauth"], shots["urllib3"], 1)
+    print(f"\none-shot process (import + one GET /user), median of {ONESHOT_RUNS} interleaved runs "
+          "(ratios: medians of paired runs)")
     print(f"  {'':<10} {'wall ms':>9} {'peak RSS MiB':>13}")
     for name in ONESHOT:
         print(f"  {name:<10} {wall[name]:9.1f} {rss[name]:13.1f}")
