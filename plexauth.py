@@ -230,15 +230,6 @@ def _frozen_dataclass(*, frozen: bool, repr: bool) -> Callable[[_R], _R]:
             specs.append(spec)
         cls._specs = tuple(specs)
         cls._compared = tuple(spec.name for spec in specs if spec.compare)
-        wire = [spec for spec in specs if "key" in spec.metadata]
-        cls._decoding = (
-            tuple(spec.name for spec in wire),
-            tuple(spec.metadata["key"] for spec in wire),
-            tuple(_UNCONVERTED.get(spec.metadata["convert"]) for spec in wire),
-            tuple(spec.metadata["convert"] for spec in wire),
-            tuple((i, spec.metadata["key"]) for i, spec in enumerate(wire) if spec.metadata["required"]),
-            tuple(spec.metadata["convert"](None) for spec in wire),  # the value of a missing key
-        )
         setattr(cls, "__match_args__", tuple(spec.name for spec in specs))  # noqa: B010 (mypy refuses the plain form)
         return decorated
 
@@ -301,11 +292,6 @@ class _Record:
 
     _specs: ClassVar[tuple[_Spec, ...]] = ()
     _compared: ClassVar[tuple[str, ...]] = ()
-    # What _decoder writes the decoding function from, made by
-    # _frozen_dataclass: per wire field its name, key, the type that needs no
-    # conversion, converter; the (index, key) of required ones; per field the
-    # value of a missing key.
-    _decoding: ClassVar[tuple[tuple[Any, ...], ...]] = ((), (), (), (), (), ())
 
     if not typing.TYPE_CHECKING:  # pragma: no branch (type checkers see the dataclass itself)
         __dataclass_fields__ = _FromDataclasses()
@@ -615,11 +601,30 @@ def _build(cls: type[_M], data: Any) -> _M:
     return model
 
 
+def _decoding(cls: type) -> tuple[tuple[Any, ...], ...]:
+    """How a model class is decoded, worked out on first use: per wire field
+    its name, key, the type that needs no conversion, the converter, and the
+    value of a missing key; and the (index, key) of the required fields."""
+    plan: tuple[tuple[Any, ...], ...] | None = cls.__dict__.get("_decoding")
+    if plan is None:
+        wire = [spec for spec in cls._specs if "key" in spec.metadata]  # type: ignore[attr-defined]
+        plan = (
+            tuple(spec.name for spec in wire),
+            tuple(spec.metadata["key"] for spec in wire),
+            tuple(_UNCONVERTED.get(spec.metadata["convert"]) for spec in wire),
+            tuple(spec.metadata["convert"] for spec in wire),
+            tuple(spec.metadata["convert"](None) for spec in wire),
+            tuple((i, spec.metadata["key"]) for i, spec in enumerate(wire) if spec.metadata["required"]),
+        )
+        type.__setattr__(cls, "_decoding", plan)
+    return plan
+
+
 def _decode_generally(cls: type, data: Any) -> Any:
     """Decode ``data`` into ``cls`` with a loop over its fields."""
     if not isinstance(data, dict):
         raise _Invalid(f"expected an object for {cls.__name__}, got {type(data).__name__}")
-    names, keys, kinds, converters, required, empty = cls._decoding  # type: ignore[attr-defined]
+    names, keys, kinds, converters, empty, required = _decoding(cls)
     values: dict[str, Any] = {}
     for name, key, kind, convert, missing in zip(names, keys, kinds, converters, empty):
         value = data.get(key)
@@ -643,7 +648,7 @@ def _decoder(cls: type) -> Callable[[Any], Any]:
     makes one call never pays for it).  Only the module's own field names and
     keys go into the source, as repr() literals.
     """
-    names, keys, kinds, converters, required, empty = cls._decoding  # type: ignore[attr-defined]
+    names, keys, kinds, converters, empty, required = _decoding(cls)
     scope: dict[str, Any] = {"cls": cls, "new": object.__new__, "set_dict": object.__setattr__, "Invalid": _Invalid,
                              "dict": dict}
     lines = [
