@@ -1590,7 +1590,8 @@ def _stdin_is_tty() -> bool:
 
 
 def _hidden(prompt: str) -> str:
-    import getpass  # noqa: PLC0415
+    import getpass  # noqa: PLC0415 (only a prompt needs it)
+
     return getpass.getpass(prompt, stream=sys.stderr)
 
 
@@ -1658,6 +1659,11 @@ def _account_summary(account: UserPlexAccount) -> tuple[dict[str, Any], list[str
 
 
 def _cmd_sign_in(args: Any, config: Config) -> int:
+    if args.save_token:
+        # Checked before signing in: a new token that cannot be written would be lost.
+        folder = os.path.dirname(os.path.abspath(args.save_token))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+            raise _UsageError(f"cannot write {args.save_token}: {folder} is not a folder this user can write to")
     login, password = _sign_in_credentials(args)
     try:
         account = post_users_sign_in_data(
@@ -1670,7 +1676,10 @@ def _cmd_sign_in(args: Any, config: Config) -> int:
         account = post_users_sign_in_data(config, login, password, verification_code=code,
                                           remember_me=args.remember_me)
     if args.save_token:
-        _write_private(args.save_token, account.auth_token)
+        try:
+            _write_private(args.save_token, account.auth_token)
+        except OSError as exc:  # named after the file asked for, not the temporary one
+            raise OSError(exc.errno, exc.strerror, args.save_token) from None
         print(f"plexauth: token saved to {args.save_token}", file=sys.stderr)
     if args.json:
         data, _ = _account_summary(account)

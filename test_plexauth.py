@@ -1745,7 +1745,7 @@ MODELS = [plexauth.UserPlexAccount, plexauth.Subscription, plexauth.UserProfile,
 
 
 @pytest.mark.parametrize("cls", MODELS, ids=lambda cls: cls.__name__)
-@settings(suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])  # a cross-check: 300 each is plenty
 @given(data=st.one_of(
     st.sampled_from([ACCOUNT, ACCOUNT["subscription"], ACCOUNT["profile"], ACCOUNT["services"][0],
                      SOURCE["MediaContainer"]["Device"]]).flatmap(
@@ -1976,10 +1976,15 @@ def test_cli__sign_in_json_and_save_token(
     assert target.read_text() == AUTH_TOKEN + "\n"
     assert target.stat().st_mode & 0o777 == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config", "token"]  # no temporary file left
-    code, _, err = cli("sign-in", "--login", "me", "--save-token", str(tmp_path / "missing" / "token"))
-    assert code == 1
-    assert err.startswith(f"plexauth: error: cannot write {tmp_path / 'missing'}/")
-    assert err.endswith(": No such file or directory\n")
+    before = len(httpserver.log)
+    missing = tmp_path / "missing" / "token"
+    code, _, err = cli("sign-in", "--login", "me", "--save-token", str(missing))
+    assert (code, err) == (2, f"plexauth: error: cannot write {missing}: {missing.parent} is not a folder "
+                              "this user can write to\n")
+    assert len(httpserver.log) == before  # refused before signing in: no token made and lost
+    (tmp_path / "token.new").mkdir()  # a folder where the file should go: found only when writing
+    code, _, err = cli("sign-in", "--login", "me", "--save-token", str(tmp_path / "token.new"))
+    assert (code, err) == (1, f"plexauth: error: cannot write {tmp_path / 'token.new'}: Is a directory\n")
 
 
 @pytest.mark.parametrize("where", ["env", "env-file", "option"])
