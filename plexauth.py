@@ -338,13 +338,9 @@ class _Record:
 
     @classmethod
     def _decode(cls, data: Any) -> Any:
-        """Decode a wire object with the general loop, until the class has been
-        decoded often enough to be worth its own function (see _decoder)."""
-        count: int = cls.__dict__.get("_decoded", 0) + 1
-        type.__setattr__(cls, "_decoded", count)
-        if count >= _COMPILE_AFTER:
-            return _decoder(cls)(data)
-        return _decode_generally(cls, data)
+        """Decode a wire object; the first call writes the class its own
+        decoding function (_decoder), which then takes this one's place."""
+        return _decoder(cls)(data)
 
     def _key(self) -> tuple[Any, ...]:
         values = self.__dict__
@@ -560,8 +556,6 @@ def _time(value: Any) -> datetime.datetime | None:
         return None
 
 
-#: Decodes of a model class after which it gets a compiled decoder (_decoder).
-_COMPILE_AFTER = 32
 # A value of this type is already what the converter would return.
 _UNCONVERTED: dict[Callable[[Any], Any], type] = {_str: str, _int: int, _bool: bool}
 
@@ -601,54 +595,16 @@ def _build(cls: type[_M], data: Any) -> _M:
     return model
 
 
-def _decoding(cls: type) -> tuple[tuple[Any, ...], ...]:
-    """How a model class is decoded, worked out on first use: per wire field
-    its name, key, the type that needs no conversion, the converter, and the
-    value of a missing key; and the (index, key) of the required fields."""
-    plan: tuple[tuple[Any, ...], ...] | None = cls.__dict__.get("_decoding")
-    if plan is None:
-        wire = [spec for spec in cls._specs if "key" in spec.metadata]  # type: ignore[attr-defined]
-        plan = (
-            tuple(spec.name for spec in wire),
-            tuple(spec.metadata["key"] for spec in wire),
-            tuple(_UNCONVERTED.get(spec.metadata["convert"]) for spec in wire),
-            tuple(spec.metadata["convert"] for spec in wire),
-            tuple(spec.metadata["convert"](None) for spec in wire),
-            tuple((i, spec.metadata["key"]) for i, spec in enumerate(wire) if spec.metadata["required"]),
-        )
-        type.__setattr__(cls, "_decoding", plan)
-    return plan
-
-
-def _decode_generally(cls: type, data: Any) -> Any:
-    """Decode ``data`` into ``cls`` with a loop over its fields."""
-    if not isinstance(data, dict):
-        raise _Invalid(f"expected an object for {cls.__name__}, got {type(data).__name__}")
-    names, keys, kinds, converters, empty, required = _decoding(cls)
-    values: dict[str, Any] = {}
-    for name, key, kind, convert, missing in zip(names, keys, kinds, converters, empty):
-        value = data.get(key)
-        values[name] = missing if value is None else value if value.__class__ is kind else convert(value)
-    for i, key in required:
-        if values[names[i]] is None:
-            raise _Invalid(f"{key!r} is missing or has the wrong type")
-    values["raw"] = data
-    model: Any = object.__new__(cls)
-    object.__setattr__(model, "__dict__", values)
-    return model
-
-
 def _decoder(cls: type) -> Callable[[Any], Any]:
-    """Write, compile and keep on ``cls`` a function that decodes one object
-    as _decode_generally does, with a line per field instead of a loop.
+    """Write, compile and keep on ``cls`` the function that decodes one object.
 
-    Decoding is the hot path of every call, and the written function runs
-    about twice as fast; writing it costs about half a millisecond, so it is
-    done once a class has been decoded _COMPILE_AFTER times (a cron run that
-    makes one call never pays for it).  Only the module's own field names and
-    keys go into the source, as repr() literals.
+    Decoding is the hot path of every call: a function with one line per field
+    runs about twice as fast as a loop over the fields.  It is written the
+    first time a class is decoded (about half a millisecond), not at import.
+    Only the module's own field names and keys go into its source, as repr()
+    literals; converters and defaults are passed in, not written out.
     """
-    names, keys, kinds, converters, empty, required = _decoding(cls)
+    wire = [spec for spec in cls._specs if "key" in spec.metadata]  # type: ignore[attr-defined]
     scope: dict[str, Any] = {"cls": cls, "new": object.__new__, "set_dict": object.__setattr__, "Invalid": _Invalid,
                              "dict": dict}
     lines = [
@@ -657,14 +613,19 @@ def _decoder(cls: type) -> Callable[[Any], Any]:
         f"        raise Invalid('expected an object for {cls.__name__}, got ' + type(data).__name__)",
         "    get = data.get",
     ]
-    for i, (key, kind, convert) in enumerate(zip(keys, kinds, converters)):
-        scope[f"convert{i}"], scope[f"empty{i}"], scope[f"kind{i}"] = convert, empty[i], kind
+    for i, spec in enumerate(wire):
+        convert = spec.metadata["convert"]
+        # A missing value becomes the converter's empty one (None, or () for lists);
+        # a value of the field's type already is what the converter would return.
+        scope[f"convert{i}"], scope[f"empty{i}"], scope[f"kind{i}"] = convert, convert(None), _UNCONVERTED.get(convert)
         lines.append(
-            f"    v = get({key!r}); f{i} = empty{i} if v is None else v if v.__class__ is kind{i} else convert{i}(v)"
+            f"    v = get({spec.metadata['key']!r}); "
+            f"f{i} = empty{i} if v is None else v if v.__class__ is kind{i} else convert{i}(v)"
         )
-    for i, key in required:
-        lines.append(f"    if f{i} is None: raise Invalid({repr(key)!r} + ' is missing or has the wrong type')")
-    fields = ", ".join(f"{name!r}: f{i}" for i, name in enumerate(names))
+        if spec.metadata["required"]:
+            message = f"{spec.metadata['key']!r} is missing or has the wrong type"
+            lines.append(f"    if f{i} is None: raise Invalid({message!r})")
+    fields = ", ".join(f"{spec.name!r}: f{i}" for i, spec in enumerate(wire))
     lines += ["    model = new(cls)", f"    set_dict(model, '__dict__', {{{fields}, 'raw': data}})", "    return model"]
     exec("\n".join(lines), scope)  # noqa: S102 (our own field names and keys, see above)
     decode: Callable[[Any], Any] = scope["decode"]

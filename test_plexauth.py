@@ -1740,32 +1740,6 @@ answers = st.fixed_dictionaries(
 )
 
 
-MODELS = [plexauth.UserPlexAccount, plexauth.Subscription, plexauth.UserProfile, plexauth.Service,
-          plexauth.Connection, plexauth.SourceConnectionInformation]
-
-
-@pytest.mark.parametrize("cls", MODELS, ids=lambda cls: cls.__name__)
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])  # a cross-check: 300 each is plenty
-@given(data=st.one_of(
-    st.sampled_from([ACCOUNT, ACCOUNT["subscription"], ACCOUNT["profile"], ACCOUNT["services"][0],
-                     SOURCE["MediaContainer"]["Device"]]).flatmap(
-        lambda doc: st.fixed_dictionaries({}, optional={key: json_values | st.just(value)
-                                                         for key, value in doc.items()})),
-    json_values,
-))
-def test_decoders__loop_and_compiled_agree(cls: Any, data: Any) -> None:
-    # A class is decoded by the loop first, then by a function written for it: the same answers.
-    outcomes = []
-    for decode in (lambda d: plexauth._decode_generally(cls, d), plexauth._decoder(cls)):
-        try:
-            model = decode(data)
-        except plexauth._Invalid as exc:
-            outcomes.append(("invalid", str(exc)))
-        else:
-            outcomes.append(("model", model, vars(model)))
-    assert outcomes[0] == outcomes[1]
-
-
 @pytest.fixture(scope="module")
 def scripted_server():
     from werkzeug import Response
