@@ -1026,11 +1026,10 @@ class _Answer:
 
 
 def _exchange(
-    config: Config, method: str, url: str, headers: dict[str, str], body: bytes | None, path: str
+    prepared: _Prepared, method: str, url: str, headers: dict[str, str], body: bytes | None, path: str
 ) -> _Answer:
     """One request and its whole answer; no retries, no redirects."""
     started = time.monotonic()
-    prepared = _prepared(config)
     try:
         response = prepared.pool.urlopen(
             method,
@@ -1055,11 +1054,11 @@ def _exchange(
 
 
 def _fetch(
-    config: Config, method: str, url: str, headers: dict[str, str], body: bytes | None, path: str
+    prepared: _Prepared, method: str, url: str, headers: dict[str, str], body: bytes | None, path: str
 ) -> _Answer:
     """One try, following redirects for GETs; the token never leaves its origin."""
     start = url
-    answer = _exchange(config, method, url, headers, body, path)
+    answer = _exchange(prepared, method, url, headers, body, path)
     for _ in range(_MAX_REDIRECTS):
         if answer.status not in _REDIRECT_STATUSES or method != "GET":
             break
@@ -1075,7 +1074,7 @@ def _fetch(
         if _TOKEN_HEADER in headers and _origin(url) != _origin(start):
             _log.debug("%s %s: redirected to another origin; X-Plex-Token not forwarded", method, path)
             headers = {k: v for k, v in headers.items() if k != _TOKEN_HEADER}
-        answer = _exchange(config, method, url, headers, body, path)
+        answer = _exchange(prepared, method, url, headers, body, path)
     return answer
 
 
@@ -1235,7 +1234,7 @@ def _call(
     while True:
         attempt += 1
         try:
-            answer = _fetch(config, method, url, headers, body, path)
+            answer = _fetch(prepared, method, url, headers, body, path)
         except TransportError:
             if attempt >= tries:
                 raise
