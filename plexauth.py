@@ -15,6 +15,9 @@ Example::
 
 Tokens and passwords never appear in a repr, an exception, a log line or a
 URL: tokens travel in the ``X-Plex-Token`` header only.
+
+The same file is a command line for scripts and cron jobs: ``python -m
+plexauth --help`` (or ``python plexauth.py --help`` when vendored).
 """
 
 from __future__ import annotations
