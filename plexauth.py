@@ -647,7 +647,8 @@ def _one(cls: type[_M]) -> Callable[[Any], _M | None]:
 
 def _many(cls: type[_M]) -> Callable[[Any], tuple[_M, ...]]:
     def convert(value: Any) -> tuple[_M, ...]:
-        return tuple([_build(cls, item) for item in _items(value) if isinstance(item, dict)])
+        decode = cls._decode  # type: ignore[attr-defined]  # _build's work, once per list
+        return tuple([decode(item) for item in _items(value) if item.__class__ is dict])
 
     return convert
 
