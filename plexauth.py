@@ -205,10 +205,6 @@ def _field(
     return _spec(default=_MISSING if required else default, metadata=meta)
 
 
-def _secret_field(default: Any = None) -> Any:
-    return _spec(default=default, metadata={"secret": True})
-
-
 _R = TypeVar("_R", bound=type)
 
 
@@ -440,7 +436,7 @@ class Config(_Record):
     """
 
     client_identifier: str
-    token: str | None = _secret_field()
+    token: str | None = _spec(default=None, metadata={"secret": True})
     server_url: str = "http://localhost:32400"
     plex_tv_url: str = "https://plex.tv/api/v2"
     product: str = "plexauth"
@@ -608,8 +604,7 @@ def _decoder(cls: type) -> Callable[[Any], Any]:
     literals; converters and defaults are passed in, not written out.
     """
     wire = [spec for spec in cls._specs if "key" in spec.metadata]  # type: ignore[attr-defined]
-    scope: dict[str, Any] = {"cls": cls, "new": object.__new__, "set_dict": object.__setattr__, "Invalid": _Invalid,
-                             "dict": dict}
+    scope: dict[str, Any] = {"cls": cls, "new": object.__new__, "set_dict": object.__setattr__, "Invalid": _Invalid}
     lines = [
         "def decode(data):",
         "    if not isinstance(data, dict):",
@@ -1498,12 +1493,8 @@ def _write_private(path: str, text: str, *, replace: bool = True) -> bool:
             os.unlink(temporary)
 
 
-def _client_identifier(given: str | None) -> str:
-    """--client-id, PLEX_CLIENT_IDENTIFIER, else the one kept for this user."""
-    if given:
-        return given
-    if os.environ.get("PLEX_CLIENT_IDENTIFIER"):
-        return os.environ["PLEX_CLIENT_IDENTIFIER"]
+def _kept_client_identifier() -> str:
+    """The identifier kept for this user, made and kept on the first run."""
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     path = os.path.join(base, "plexauth", "client-id")
     kept = _read_kept(path)
@@ -1535,15 +1526,6 @@ def _read_kept(path: str) -> str | None:
 
 def _warn(message: str) -> None:
     print(f"plexauth: warning: {message}", file=sys.stderr)
-
-
-def _token(token_file: str | None) -> str:
-    path = token_file or os.environ.get("PLEX_TOKEN_FILE")
-    if path:
-        return _read_secret_file(path, "token")
-    if os.environ.get("PLEX_TOKEN"):
-        return os.environ["PLEX_TOKEN"]
-    raise _UsageError("no token: set PLEX_TOKEN or PLEX_TOKEN_FILE, or use --token-file (never an argument)")
 
 
 def _stdin_is_tty() -> bool:
@@ -1800,24 +1782,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: Any) -> int:
-    """Build the Config from options and environment, then run the subcommand."""
-    settings: dict[str, Any] = {}
-    if args.run is not _cmd_sign_in:  # first: no token, no side effects
-        settings["token"] = _token(getattr(args, "token_file", None))
-    settings["client_identifier"] = _client_identifier(getattr(args, "client_id", None))
-    for option, name, variable in (
-        ("server", "server_url", "PLEX_SERVER_URL"),
-        ("plex_tv_url", "plex_tv_url", "PLEX_TV_URL"),
-    ):
-        value = getattr(args, option, None) or os.environ.get(variable)
-        if value:
-            settings[name] = value
-    if hasattr(args, "timeout"):
-        settings["timeout"] = args.timeout
+    """Build the Config, options first, then Config.from_env's variables, and run the subcommand."""
+    overrides: dict[str, Any] = {
+        field: getattr(args, option)
+        for option, field in (
+            ("server", "server_url"),
+            ("plex_tv_url", "plex_tv_url"),
+            ("client_id", "client_identifier"),
+            ("timeout", "timeout"),
+        )
+        if hasattr(args, option)  # given on the command line
+    }
+    token_file = getattr(args, "token_file", None) or os.environ.get("PLEX_TOKEN_FILE")
+    if args.run is _cmd_sign_in:
+        overrides["token"] = None  # sign-in sends none
+    elif token_file:
+        overrides["token"] = _read_secret_file(token_file, "token")
+    if "client_identifier" not in overrides and not os.environ.get("PLEX_CLIENT_IDENTIFIER"):
+        overrides["client_identifier"] = _kept_client_identifier()
     try:
-        config = Config(**settings)
+        config = Config.from_env(**overrides)
     except (TypeError, ValueError) as exc:
         raise _UsageError(str(exc)) from None
+    if config.token is None and args.run is not _cmd_sign_in:
+        raise _UsageError("no token: set PLEX_TOKEN or PLEX_TOKEN_FILE, or use --token-file (never an argument)")
     result: int = args.run(args, config)
     return result
 
