@@ -59,6 +59,7 @@ __all__ = [
     "Subscription",
     "UserProfile",
     "UserPlexAccount",
+    "Pin",
     # errors
     "PlexAuthError",
     "APIError",
@@ -68,11 +69,19 @@ __all__ = [
     "RateLimitedError",
     "ResponseError",
     "TransportError",
+    "PinExpiredError",
     # operations
     "get_transient_token",
     "get_source_connection_information",
     "get_token_details",
     "post_users_sign_in_data",
+    # password-less sign-in and token upkeep
+    "create_pin",
+    "check_pin",
+    "wait_for_pin",
+    "pin_auth_url",
+    "ping",
+    "sign_out",
     # command line
     "main",
 ]
@@ -130,6 +139,12 @@ _PLEX_HEADERS = (
     ("marketplace", "X-Plex-Marketplace"),
 )
 _TOKEN_HEADER = "X-Plex-Token"  # noqa: S105 (a header name)
+
+# Where a user approves a PIN: its 4-character code, or a strong PIN's auth URL.
+_LINK_URL = "https://plex.tv/link"
+_AUTH_APP_URL = "https://app.plex.tv/auth"
+# plex.tv asks PIN pollers to keep to about one request a second.
+_MIN_PIN_INTERVAL = 1.0
 
 _T = TypeVar("_T")
 
@@ -408,6 +423,14 @@ def _is_text(value: str) -> bool:
     return True
 
 
+def _check_seconds(label: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{label} must be a number of seconds, not {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{label} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
 def _check_url(name: str, value: object) -> None:
     try:
         url = urllib3.util.parse_url(_check_text(f"Config.{name}", value, header=True))
@@ -460,10 +483,7 @@ class Config(_Record):
         _check_text("Config.token", self.token, optional=True, secret=True, header=True)
         _check_url("server_url", self.server_url)
         _check_url("plex_tv_url", self.plex_tv_url)
-        if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)):
-            raise TypeError(f"Config.timeout must be a number of seconds, not {type(self.timeout).__name__}")
-        if not math.isfinite(self.timeout) or self.timeout <= 0:
-            raise ValueError(f"Config.timeout must be a positive number of seconds, got {self.timeout!r}")
+        _check_seconds("Config.timeout", self.timeout)
         if isinstance(self.retries, bool) or not isinstance(self.retries, int):
             raise TypeError(f"Config.retries must be an int, not {type(self.retries).__name__}")
         if not 0 <= self.retries <= 10:
@@ -546,13 +566,24 @@ def _bool(value: Any) -> bool | None:
 
 
 def _time(value: Any) -> datetime.datetime | None:
+    """An aware UTC time from Unix seconds (accounts) or ISO 8601 text (PINs)."""
+    utc = datetime.timezone.utc
     seconds = _int(value)
-    if seconds is None:
-        return None
     try:
-        return datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
+        if seconds is not None:
+            return datetime.datetime.fromtimestamp(seconds, tz=utc)
+        if isinstance(value, str):
+            # Before 3.11, fromisoformat does not read a trailing "Z".
+            when = datetime.datetime.fromisoformat(value[:-1] + "+00:00" if value[-1:] in ("Z", "z") else value)
+            return (when if when.tzinfo else when.replace(tzinfo=utc)).astimezone(utc)
     except (OverflowError, OSError, ValueError):
-        return None
+        pass
+    return None
+
+
+def _nonempty(value: Any) -> str | None:
+    # A pending PIN's token is null in JSON and "" in XML.
+    return value if isinstance(value, str) and value else None
 
 
 # A value of this type is already what the converter would return.
@@ -769,6 +800,24 @@ class UserPlexAccount(_Record):
     raw: Mapping[str, Any] = _spec(default_factory=dict, repr=False, compare=False)
 
 
+@_dataclass(frozen=True, repr=False)
+class Pin(_Record):
+    """A plex.tv PIN: ``code`` is entered at https://plex.tv/link (4
+    characters), or is the long code of an auth URL when the PIN is strong.
+
+    ``auth_token`` is None until the user approves the PIN, then the new
+    token (masked in the repr).  A PIN only works with the client identifier
+    that created it, until ``expires_at``.
+    """
+
+    id: int = _field("id", _int, required=True)
+    code: str = _field("code", _str, required=True)
+    client_identifier: str | None = _field("clientIdentifier", _str)
+    expires_at: datetime.datetime | None = _field("expiresAt", _time)
+    auth_token: str | None = _field("authToken", _nonempty, secret=True)
+    raw: Mapping[str, Any] = _spec(default_factory=dict, repr=False, compare=False)
+
+
 # =============================================================================
 # Errors
 # =============================================================================
@@ -859,6 +908,11 @@ class RateLimitedError(APIError):
         if self.retry_after is not None:
             text += f"; retry after {self.retry_after:g} s"
         return text
+
+
+class PinExpiredError(PlexAuthError):
+    """The PIN is gone: plex.tv no longer knows it (404), it passed its
+    ``expires_at``, or the wait for approval timed out.  Create a new one."""
 
 
 class ResponseError(PlexAuthError):
@@ -1247,6 +1301,8 @@ def _call(
         delay = min(_BACKOFF_SECONDS * 2 ** (attempt - 1), MAX_RETRY_WAIT_SECONDS) if wait is None else wait
         _log.debug("%s %s: try %d of %d failed, next in %.2f s", method, path, attempt, tries, delay)
         time.sleep(delay)
+    if build is _status_only:
+        return build(None)
     try:
         return build(_parse(answer.body))
     except (ValueError, RecursionError) as exc:
@@ -1290,6 +1346,15 @@ def _source(doc: Any) -> SourceConnectionInformation:
 
 def _account(doc: Any) -> UserPlexAccount:
     return _build(UserPlexAccount, _unwrap(doc, "user"))
+
+
+def _status_only(doc: Any) -> None:
+    """The ``build`` of answers whose 2xx status is all there is to read
+    (ping, sign-out): ``_call`` does not parse their body."""
+
+
+def _pin(doc: Any) -> Pin:
+    return _build(Pin, _unwrap(doc, "pin"))
 
 
 def _choice(enum_cls: Any, value: Any, name: str) -> str:
@@ -1418,6 +1483,150 @@ def post_users_sign_in_data(
 
 
 # =============================================================================
+# Password-less sign-in (PIN / link) and token upkeep
+# =============================================================================
+
+
+def _check_pin(config: Config, pin: Pin) -> None:
+    if not isinstance(pin, Pin):
+        raise TypeError(f"pin must be a plexauth.Pin (from create_pin), not {type(pin).__name__}")
+    if isinstance(pin.id, bool) or not isinstance(pin.id, int):
+        raise TypeError(f"pin.id must be an int, not {type(pin.id).__name__}")
+    if pin.client_identifier is not None and pin.client_identifier != config.client_identifier:
+        raise ValueError(
+            f"the PIN was created by client identifier {pin.client_identifier!r}, not "
+            f"{config.client_identifier!r}: plex.tv only answers about it to the same one"
+        )
+
+
+def create_pin(config: Config, *, strong: bool = False) -> Pin:
+    """Ask plex.tv for a PIN, the start of a sign-in without a password.
+
+    The user enters ``pin.code`` at https://plex.tv/link (works for accounts
+    made with Google, Apple or Facebook too), or, with ``strong=True``, opens
+    ``pin_auth_url(config, pin)`` in a browser.  Then ``wait_for_pin`` gives
+    the token.  Sent once, never retried, with no token.
+
+    Raises ``RateLimitedError``, ``APIError``, ``ResponseError`` or
+    ``TransportError``.
+
+    Example::
+
+        pin = create_pin(config)
+        print(f"Enter {pin.code} at https://plex.tv/link")
+        config = dataclasses.replace(config, token=wait_for_pin(config, pin))
+    """
+    query = {"strong": "true"} if strong else None
+    return _call(config, "POST", "/pins", _pin, on_server=False, query=query, send_token=False)
+
+
+def check_pin(config: Config, pin: Pin) -> Pin:
+    """Ask plex.tv once about ``pin``; ``auth_token`` is set once approved.
+
+    ``config`` must have the client identifier that created the PIN
+    (``ValueError`` otherwise).  Raises ``PinExpiredError`` when plex.tv no
+    longer knows the PIN (404), else as ``create_pin``.
+
+    Example::
+
+        if check_pin(config, pin).auth_token is None:
+            print("not approved yet")
+    """
+    _check_pin(config, pin)
+    try:
+        return _call(config, "GET", f"/pins/{pin.id}", _pin, on_server=False, send_token=False)
+    except APIError as exc:
+        if exc.status != 404:
+            raise
+        raise PinExpiredError(f"PIN {pin.id} has expired or is unknown: {exc}", method=exc.method,
+                              path=exc.path) from exc
+
+
+def wait_for_pin(config: Config, pin: Pin, *, timeout: float = 300.0, interval: float = 2.0) -> str:
+    """Poll plex.tv until the user approves ``pin``; return the new token.
+
+    Checks every ``interval`` seconds (never more than once a second),
+    sleeping in between, and gives up with ``PinExpiredError`` when the next
+    check would fall past ``timeout`` seconds from now or past the PIN's
+    ``expires_at``, or when plex.tv says the PIN expired.  Other errors are
+    those of ``check_pin``.
+
+    Example::
+
+        pin = create_pin(config)
+        print(f"Enter {pin.code} at https://plex.tv/link", file=sys.stderr)
+        token = wait_for_pin(config, pin, timeout=600)
+    """
+    _check_pin(config, pin)
+    timeout = _check_seconds("timeout", timeout)
+    interval = max(_MIN_PIN_INTERVAL, _check_seconds("interval", interval))
+    deadline = time.monotonic() + timeout
+    why = f"PIN {pin.id} was not approved within {timeout:g} s"
+    if pin.expires_at is not None:
+        left = (pin.expires_at - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+        if time.monotonic() + left < deadline:
+            deadline = time.monotonic() + left
+            why = f"PIN {pin.id} expired at {pin.expires_at:%Y-%m-%d %H:%M:%S} UTC before it was approved"
+    while True:
+        token = check_pin(config, pin).auth_token
+        if token is not None:
+            return token
+        # Measured from the end of a check: the server never sees two closer than interval.
+        if time.monotonic() + interval > deadline:
+            raise PinExpiredError(why)
+        _log.debug("PIN %d not approved yet; next check in %g s", pin.id, interval)
+        time.sleep(interval)
+
+
+def pin_auth_url(config: Config, pin: Pin, *, forward_url: str | None = None) -> str:
+    """The https://app.plex.tv/auth address where the user approves a strong
+    PIN (``create_pin(config, strong=True)``); plex.tv sends the browser on
+    to ``forward_url`` afterwards, if given.  Makes no request.
+
+    Example::
+
+        pin = create_pin(config, strong=True)
+        webbrowser.open(pin_auth_url(config, pin, forward_url="https://example.com/done"))
+    """
+    _check_pin(config, pin)
+    params = [
+        ("clientID", config.client_identifier),
+        ("code", _check_text("pin.code", pin.code)),
+        ("context[device][product]", config.product),
+    ]
+    if forward_url is not None:
+        params.append(("forwardUrl", _check_text("forward_url", forward_url)))
+    return f"{_AUTH_APP_URL}#?" + "&".join(f"{key}={urllib.parse.quote(value, safe='')}" for key, value in params)
+
+
+def ping(config: Config) -> None:
+    """Tell plex.tv that ``config.token`` is in use, which keeps it from
+    expiring; run it from a nightly job to learn early that a token died.
+
+    Raises ``UnauthorizedError`` when the token is no longer accepted,
+    ``RateLimitedError``, ``APIError`` or ``TransportError``.
+
+    Example::
+
+        ping(Config.from_env())
+    """
+    _call(config, "GET", "/ping", _status_only, on_server=False)
+
+
+def sign_out(config: Config) -> None:
+    """Revoke ``config.token`` on plex.tv: it stops working everywhere.
+
+    Sent once, never retried.  Raises ``UnauthorizedError`` when the token
+    was not accepted (already revoked?), ``APIError`` or ``TransportError``.
+
+    Example::
+
+        sign_out(config)
+    """
+    _call(config, "DELETE", "/users/signout", _status_only, on_server=False)
+
+
+# =============================================================================
 # Command line
 # =============================================================================
 
@@ -1431,6 +1640,7 @@ exit codes:
   5  rate limited: try again later
   6  network: refused, reset, timed out, TLS failure
   7  the server's answer could not be used
+  8  link: the PIN expired, or was not approved within --timeout
 
 The token is read from --token-file, PLEX_TOKEN_FILE or PLEX_TOKEN, never from
 the command line (where other users see it in ps).  Without --client-id or
@@ -1445,6 +1655,7 @@ class _UsageError(Exception):
 
 def _exit_code(exc: PlexAuthError) -> int:
     for cls, code in (
+        (PinExpiredError, 8),
         (TwoFactorRequiredError, 4),
         (UnauthorizedError, 3),
         (RateLimitedError, 5),
@@ -1604,12 +1815,24 @@ def _account_summary(account: UserPlexAccount) -> tuple[dict[str, Any], list[str
     return data, lines
 
 
-def _cmd_sign_in(args: Any, config: Config) -> int:
-    if args.save_token:
-        # Checked before signing in: a new token that cannot be written would be lost.
-        folder = os.path.dirname(os.path.abspath(args.save_token))
+def _check_save_target(path: str | None) -> None:
+    """Checked before a token is made: a new token that cannot be written would be lost."""
+    if path:
+        folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
-            raise _UsageError(f"cannot write {args.save_token}: {folder} is not a folder this user can write to")
+            raise _UsageError(f"cannot write {path}: {folder} is not a folder this user can write to")
+
+
+def _save_token(path: str, token: str) -> None:
+    try:
+        _write_private(path, token)
+    except OSError as exc:  # named after the file asked for, not the temporary one
+        raise OSError(exc.errno, exc.strerror, path) from None
+    print(f"plexauth: token saved to {path}", file=sys.stderr)
+
+
+def _cmd_sign_in(args: Any, config: Config) -> int:
+    _check_save_target(args.save_token)
     login, password = _sign_in_credentials(args)
     try:
         account = post_users_sign_in_data(
@@ -1622,11 +1845,7 @@ def _cmd_sign_in(args: Any, config: Config) -> int:
         account = post_users_sign_in_data(config, login, password, verification_code=code,
                                           remember_me=args.remember_me)
     if args.save_token:
-        try:
-            _write_private(args.save_token, account.auth_token)
-        except OSError as exc:  # named after the file asked for, not the temporary one
-            raise OSError(exc.errno, exc.strerror, args.save_token) from None
-        print(f"plexauth: token saved to {args.save_token}", file=sys.stderr)
+        _save_token(args.save_token, account.auth_token)
     if args.json:
         data, _ = _account_summary(account)
         if args.show_token:
@@ -1667,6 +1886,38 @@ def _cmd_source_info(args: Any, config: Config) -> int:
     return 0
 
 
+def _cmd_link(args: Any, config: Config) -> int:
+    _check_save_target(args.save_token)
+    try:
+        wait = _check_seconds("--timeout", args.wait)
+    except (TypeError, ValueError) as exc:
+        raise _UsageError(str(exc)) from None
+    pin = create_pin(config, strong=args.oauth)
+    until = f" (waiting up to {wait:g} s)"
+    if args.oauth:
+        print(f"plexauth: open this address in a browser and sign in{until}:\n{pin_auth_url(config, pin)}",
+              file=sys.stderr, flush=True)
+    else:
+        print(f"plexauth: go to {_LINK_URL} and enter the code {pin.code}{until}", file=sys.stderr, flush=True)
+    token = wait_for_pin(config, pin, timeout=wait)
+    if args.save_token:
+        _save_token(args.save_token, token)
+    else:
+        _show(args, {"authToken": token}, [token])
+    return 0
+
+
+def _cmd_ping(args: Any, config: Config) -> int:
+    ping(config)
+    return 0
+
+
+def _cmd_sign_out(args: Any, config: Config) -> int:
+    sign_out(config)
+    print("plexauth: signed out: the token no longer works", file=sys.stderr)
+    return 0
+
+
 def _parser() -> Any:
     import argparse  # noqa: PLC0415 (only the command line needs it)
 
@@ -1682,30 +1933,35 @@ def _parser() -> Any:
                        help="read the token from FILE (PLEX_TOKEN_FILE; else PLEX_TOKEN)")
     group.add_argument("--client-id", metavar="ID", default=argparse.SUPPRESS,
                        help="X-Plex-Client-Identifier (PLEX_CLIENT_IDENTIFIER; else one kept for this user)")
-    group.add_argument("--timeout", metavar="SECONDS", type=float, default=argparse.SUPPRESS,
-                       help="connect and read timeout (default 10)")
     group.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
     group.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                        help="DEBUG logs (secrets stay hidden) and tracebacks on stderr")
+    # Apart: for link, --timeout is how long to wait for the user.
+    timeout = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    timeout.add_argument_group("connection").add_argument(
+        "--timeout", metavar="SECONDS", type=float, default=argparse.SUPPRESS,
+        help="connect and read timeout (default 10)")
 
     parser = argparse.ArgumentParser(
         prog="plexauth",
         description="Sign in to plex.tv and manage Plex tokens from scripts and cron jobs.",
         epilog=_EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common],
+        parents=[common, timeout],
         allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"plexauth {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, run: Callable[[Any, Config], int], text: str) -> Any:
-        sub = commands.add_parser(name, parents=[common], help=text, description=text, epilog=_EXIT_CODES,
+    def command(name: str, run: Callable[[Any, Config], int], text: str, *, needs_token: bool = True,
+                own_timeout: bool = False) -> Any:
+        sub = commands.add_parser(name, parents=[common] if own_timeout else [common, timeout],
+                                  help=text, description=text, epilog=_EXIT_CODES,
                                   formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-        sub.set_defaults(run=run)
+        sub.set_defaults(run=run, needs_token=needs_token)
         return sub
 
-    sign_in = command("sign-in", _cmd_sign_in, "sign in to plex.tv and print the new token")
+    sign_in = command("sign-in", _cmd_sign_in, "sign in to plex.tv and print the new token", needs_token=False)
     sign_in.add_argument("--login", help="email or username (PLEX_LOGIN)")
     source = sign_in.add_mutually_exclusive_group()
     source.add_argument("--password-file", metavar="FILE", help="read the password from FILE (else PLEX_PASSWORD)")
@@ -1725,6 +1981,16 @@ def _parser() -> Any:
     info.add_argument("source", metavar="SOURCE", help="e.g. server://<client identifier>")
     info.add_argument("--refresh", action="store_true", help="ask the server to refresh the source")
     info.add_argument("--show-token", action="store_true", help="also print the source's access token")
+
+    link = command("link", _cmd_link, f"sign in without a password: enter a code at {_LINK_URL}, print the token",
+                   needs_token=False, own_timeout=True)
+    link.add_argument("--oauth", action="store_true", help="print a plex.tv sign-in address instead of a code")
+    link.add_argument("--timeout", dest="wait", metavar="SECONDS", type=float, default=300.0,
+                      help="how long to wait for the code to be entered (default 300)")
+    link.add_argument("--save-token", metavar="FILE", help="write the token to FILE (mode 0600) instead")
+
+    command("ping", _cmd_ping, "keep the token alive; exit 3 if it is dead (prints nothing)")
+    command("sign-out", _cmd_sign_out, "revoke the token on plex.tv")
     return parser
 
 
@@ -1794,8 +2060,8 @@ def _run(args: Any) -> int:
         if hasattr(args, option)  # given on the command line
     }
     token_file = getattr(args, "token_file", None) or os.environ.get("PLEX_TOKEN_FILE")
-    if args.run is _cmd_sign_in:
-        overrides["token"] = None  # sign-in sends none
+    if not args.needs_token:
+        overrides["token"] = None  # sign-in and link send none
     elif token_file:
         overrides["token"] = _read_secret_file(token_file, "token")
     if "client_identifier" not in overrides and not os.environ.get("PLEX_CLIENT_IDENTIFIER"):
@@ -1804,7 +2070,7 @@ def _run(args: Any) -> int:
         config = Config.from_env(**overrides)
     except (TypeError, ValueError) as exc:
         raise _UsageError(str(exc)) from None
-    if config.token is None and args.run is not _cmd_sign_in:
+    if config.token is None and args.needs_token:
         raise _UsageError("no token: set PLEX_TOKEN or PLEX_TOKEN_FILE, or use --token-file (never an argument)")
     result: int = args.run(args, config)
     return result
