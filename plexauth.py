@@ -1538,8 +1538,8 @@ def check_pin(config: Config, pin: Pin) -> Pin:
     except APIError as exc:
         if exc.status != 404:
             raise
-        raise PinExpiredError(f"PIN {pin.id} has expired or is unknown: {exc}", method=exc.method,
-                              path=exc.path) from exc
+        raise PinExpiredError(f"{exc}: PIN {pin.id} has expired, or plex.tv does not know it",
+                              method=exc.method, path=exc.path) from exc
 
 
 def wait_for_pin(config: Config, pin: Pin, *, timeout: float = 300.0, interval: float = 2.0) -> str:
@@ -1567,15 +1567,16 @@ def wait_for_pin(config: Config, pin: Pin, *, timeout: float = 300.0, interval: 
         if time.monotonic() + left < deadline:
             deadline = time.monotonic() + left
             why = f"PIN {pin.id} expired at {pin.expires_at:%Y-%m-%d %H:%M:%S} UTC before it was approved"
-    while True:
+    token = pin.auth_token  # a PIN checked before may carry it already
+    while token is None:
         token = check_pin(config, pin).auth_token
-        if token is not None:
-            return token
-        # Measured from the end of a check: the server never sees two closer than interval.
-        if time.monotonic() + interval > deadline:
-            raise PinExpiredError(why)
-        _log.debug("PIN %d not approved yet; next check in %g s", pin.id, interval)
-        time.sleep(interval)
+        if token is None:
+            # Measured from the end of a check: the server never sees two closer than interval.
+            if time.monotonic() + interval > deadline:
+                raise PinExpiredError(why)
+            _log.debug("PIN %d not approved yet; next check in %g s", pin.id, interval)
+            time.sleep(interval)
+    return token
 
 
 def pin_auth_url(config: Config, pin: Pin, *, forward_url: str | None = None) -> str:
