@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import selectors
 import shutil
 import socket
@@ -32,6 +33,8 @@ from plexauth import (
     APIError,
     BadRequestError,
     Config,
+    Pin,
+    PinExpiredError,
     PlexAuthError,
     RateLimitedError,
     ResponseError,
@@ -49,7 +52,10 @@ TRANSIENT = "CANARY-TRANSIENT-k2"
 ACCESS_TOKEN = "CANARY-ACCESS-TOKEN-w5"
 SERVICE_TOKEN = "CANARY-SERVICE-TOKEN-r1"
 SERVICE_SECRET = "CANARY-SERVICE-SECRET-t7"
-CANARIES = (TOKEN, PASSWORD, CODE, AUTH_TOKEN, TRANSIENT, ACCESS_TOKEN, SERVICE_TOKEN, SERVICE_SECRET, "CANARY")
+PIN_TOKEN = "CANARY-PIN-TOKEN-m3"
+CANARIES = (
+    TOKEN, PASSWORD, CODE, AUTH_TOKEN, TRANSIENT, ACCESS_TOKEN, SERVICE_TOKEN, SERVICE_SECRET, PIN_TOKEN, "CANARY"
+)
 
 CLIENT_ID = "test-client-0001"
 
@@ -285,7 +291,13 @@ OPS = [
         "/api/v2/users/signin",
         lambda c: plexauth.post_users_sign_in_data(c, "me@example.com", PASSWORD, verification_code=CODE),
     ),
+    Op("pin-create", "POST", "/api/v2/pins", plexauth.create_pin),
+    Op("pin-check", "GET", "/api/v2/pins/7", lambda c: plexauth.check_pin(c, Pin(id=7, code="ABCD"))),
+    Op("ping", "GET", "/api/v2/ping", plexauth.ping),
+    Op("signout", "DELETE", "/api/v2/users/signout", plexauth.sign_out),
 ]
+# Their 2xx status is the whole answer: the body is not read.
+STATUS_ONLY = ["ping", "signout"]
 PMS_OPS = [op for op in OPS if not op.path.startswith("/api/v2")]
 PLEX_TV_OPS = [op for op in OPS if op.path.startswith("/api/v2")]
 GET_OPS = [op for op in OPS if op.method == "GET"]
@@ -324,6 +336,7 @@ def test_version__is_config_default() -> None:
         RateLimitedError(429, 1003, "Slow down", retry_after=30.0, method="GET", path="/api/v2/user"),
         ResponseError("no token", status=200, method="GET", path="/security/token"),
         TransportError("timed out", method="GET", path="/security/token"),
+        PinExpiredError("PIN 7 was not approved within 300 s"),
     ],
     ids=lambda exc: type(exc).__name__,
 )
@@ -339,8 +352,9 @@ def test_errors__hierarchy() -> None:
     assert issubclass(TwoFactorRequiredError, UnauthorizedError)
     for cls in (BadRequestError, UnauthorizedError, RateLimitedError):
         assert issubclass(cls, APIError)
-    for cls in (APIError, ResponseError, TransportError):
+    for cls in (APIError, ResponseError, TransportError, PinExpiredError):
         assert issubclass(cls, PlexAuthError)
+    assert not issubclass(PinExpiredError, APIError)  # also raised with no answer: at a deadline
 
 
 def test_import__alone_does_no_io_and_reads_no_environment(tmp_path: Any) -> None:
@@ -723,6 +737,232 @@ def test_post_users_sign_in_data__sent_once(
     assert len(httpserver.log) == 1
 
 
+# --------------------------------------------------------------------------- PIN / link sign-in, ping, sign-out
+
+
+class FakePlexTV:
+    """Plays plex.tv's PIN, ping and sign-out endpoints on the test server.
+
+    A PIN answers pending (no token) to its first ``pending`` checks, then
+    with PIN_TOKEN (``pending=None``: never approved); plex.tv forgets it
+    (404) after ``lifetime`` seconds, when ``gone``, or when another client
+    identifier asks.  Every check is counted here, on the server side.
+    """
+
+    def __init__(self, server: HTTPServer, *, pending: int | None = 2, lifetime: float = 1800.0,
+                 xml: bool = False, gone: bool = False) -> None:
+        self.pending, self.lifetime, self.xml, self.gone = pending, lifetime, xml, gone
+        self.pins: dict[int, tuple[str, bool, datetime.datetime]] = {}
+        self.checks = 0
+        self.tokens = {TOKEN}
+        server.expect_request(re.compile(r"/api/v2/(pins.*|ping|users/signout)")).respond_with_handler(self.handle)
+
+    def handle(self, request: Any) -> Any:
+        from werkzeug import Response
+
+        client = request.headers.get("X-Plex-Client-Identifier")
+        now = datetime.datetime.now(datetime.timezone.utc)
+        if request.path == "/api/v2/pins" and request.method == "POST":
+            pin_id = 1000 + len(self.pins)
+            self.pins[pin_id] = (client, request.args.get("strong") == "true", now)
+            return self.pin(pin_id, None, 201)
+        match = re.fullmatch(r"/api/v2/pins/(\d+)", request.path)
+        if match and request.method == "GET":
+            self.checks += 1
+            pin_id = int(match[1])
+            made = self.pins.get(pin_id)
+            if self.gone or made is None or made[0] != client or (now - made[2]).total_seconds() > self.lifetime:
+                body = {"errors": [{"code": 1020, "message": "Code not found or expired", "status": 404}]}
+                return Response(json.dumps(body), status=404, content_type="application/json")
+            approved = self.pending is not None and self.checks > self.pending
+            return self.pin(pin_id, PIN_TOKEN if approved else None, 200)
+        token = request.headers.get("X-Plex-Token")
+        if token not in self.tokens:
+            body = {"errors": [{"code": 1001, "message": "User could not be authenticated", "status": 401}]}
+            return Response(json.dumps(body), status=401, content_type="application/json")
+        if request.path == "/api/v2/ping" and request.method == "GET":
+            return Response("<?xml version='1.0'?><pong>true</pong>", status=200, content_type="text/xml")
+        assert (request.path, request.method) == ("/api/v2/users/signout", "DELETE")
+        self.tokens.discard(token)
+        return Response(status=204)
+
+    def pin(self, pin_id: int, token: str | None, status: int) -> Any:
+        from werkzeug import Response
+
+        client, strong, made = self.pins[pin_id]
+        code = "pj6rvq4k3lns1bcxfa2x0m9ye" if strong else "A1B2"
+        expires = (made + datetime.timedelta(seconds=self.lifetime)).isoformat(timespec="milliseconds")
+        doc = {
+            "id": pin_id, "code": code, "product": "plexauth", "trusted": False, "qr": f"https://plex.tv/api/v2/pins/qr/{code}",
+            "clientIdentifier": client, "location": {"code": "XX", "country": "Nowhere"},
+            "expiresIn": int(self.lifetime), "createdAt": made.isoformat().replace("+00:00", "Z"),
+            "expiresAt": expires.replace("+00:00", "Z"), "authToken": token, "newRegistration": None,
+        }
+        if not self.xml:
+            return Response(json.dumps(doc), status=status, content_type="application/json")
+        attrs = " ".join(
+            f'{key}="{"" if value is None else str(value).lower() if isinstance(value, bool) else value}"'
+            for key, value in doc.items() if key != "location"
+        )
+        body = f'<?xml version="1.0" encoding="UTF-8"?>\n<pin {attrs}><location code="XX" country="Nowhere"/></pin>'
+        return Response(body, status=status, content_type="application/xml")
+
+
+@pytest.mark.parametrize("xml", [False, True], ids=["json", "xml"])
+def test_pin__created_pending_then_approved(httpserver: HTTPServer, config: Config, xml: bool) -> None:
+    plex_tv = FakePlexTV(httpserver, pending=3, xml=xml)
+    pin = plexauth.create_pin(config)
+    assert (pin.id, pin.code, pin.client_identifier, pin.auth_token) == (1000, "A1B2", CLIENT_ID, None)
+    assert pin.expires_at == plex_tv.pins[1000][2].replace(microsecond=pin.expires_at.microsecond) + (
+        datetime.timedelta(seconds=1800)
+    )
+    assert pin.expires_at.tzinfo == datetime.timezone.utc
+    assert pin.raw["expiresIn"] in (1800, "1800")
+    assert plexauth.check_pin(config, pin).auth_token is None  # check 1 of 3 pending
+    assert plexauth.wait_for_pin(config, pin, interval=1.0) == PIN_TOKEN
+    # Checks 2 and 3 pending, 4 approved: the wait returned at the first check after approval.
+    assert plex_tv.checks == 4
+    approved = plexauth.check_pin(config, pin)
+    assert approved.auth_token == PIN_TOKEN
+    assert "auth_token='***'" in repr(approved)
+    assert_no_secret(repr(approved) + str(approved))
+    create, *checks = requests_seen(httpserver)
+    assert (create.method, create.path, create.query_string, create.data) == ("POST", "/api/v2/pins", b"", b"")
+    for request in (create, *checks):
+        assert "X-Plex-Token" not in request.headers  # a PIN needs no token, and gets none
+        assert request.headers["X-Plex-Client-Identifier"] == CLIENT_ID
+        assert request.headers["X-Plex-Product"] == "plexauth"
+    assert {(r.method, r.path) for r in checks} == {("GET", "/api/v2/pins/1000")}
+
+
+def test_pin__strong_pin_and_its_auth_url(httpserver: HTTPServer, config: Config) -> None:
+    FakePlexTV(httpserver)
+    pin = plexauth.create_pin(config, strong=True)
+    assert pin.code == "pj6rvq4k3lns1bcxfa2x0m9ye"
+    assert requests_seen(httpserver)[0].args.to_dict() == {"strong": "true"}
+    assert plexauth.pin_auth_url(config, pin) == (
+        f"https://app.plex.tv/auth#?clientID={CLIENT_ID}&code=pj6rvq4k3lns1bcxfa2x0m9ye"
+        "&context[device][product]=plexauth"
+    )
+
+
+def test_pin_auth_url__percent_encodes_every_value() -> None:
+    config = Config("my box&id=1#x", product="Media Sync/2 ü")
+    pin = Pin(id=1, code="c&d=e", client_identifier="my box&id=1#x")
+    url = plexauth.pin_auth_url(config, pin, forward_url="https://example.com/done?a=1&b=2#top")
+    assert url == (
+        "https://app.plex.tv/auth#?clientID=my%20box%26id%3D1%23x&code=c%26d%3De"
+        "&context[device][product]=Media%20Sync%2F2%20%C3%BC"
+        "&forwardUrl=https%3A%2F%2Fexample.com%2Fdone%3Fa%3D1%26b%3D2%23top"
+    )
+    fragment = urllib.parse.urlsplit(url).fragment
+    assert urllib.parse.parse_qs(fragment[1:]) == {
+        "clientID": ["my box&id=1#x"], "code": ["c&d=e"], "context[device][product]": ["Media Sync/2 ü"],
+        "forwardUrl": ["https://example.com/done?a=1&b=2#top"],
+    }
+
+
+def test_pin__expired_or_unknown_is_pin_expired_error(httpserver: HTTPServer, config: Config) -> None:
+    plex_tv = FakePlexTV(httpserver, gone=True)
+    pin = plexauth.create_pin(config)
+    with raises(PinExpiredError) as info:
+        plexauth.check_pin(config, pin)
+    assert str(info.value) == (
+        "GET /api/v2/pins/1000 failed with 404 Not Found: Code not found or expired (code 1020): "
+        "PIN 1000 has expired, or plex.tv does not know it"
+    )
+    assert (info.value.method, info.value.path) == ("GET", "/api/v2/pins/1000")
+    assert isinstance(info.value.__cause__, APIError)
+    with raises(PinExpiredError):
+        plexauth.wait_for_pin(config, pin)
+    assert plex_tv.checks == 2  # one check each: a 404 is not retried, nor waited on
+
+
+@pytest.mark.parametrize(
+    ("interval", "timeout", "most"),
+    [(0.01, 2.5, 3), (2.0, 3.0, 2)],
+    ids=["floor-of-one-second", "interval"],
+)
+def test_wait_for_pin__at_most_one_check_per_interval(
+    httpserver: HTTPServer, config: Config, interval: float, timeout: float, most: int
+) -> None:
+    # Counted by the server: checks spaced at least max(interval, 1 s) apart fit
+    # at most `most` times into `timeout` (at 0.01 s it would be some 250).
+    plex_tv = FakePlexTV(httpserver, pending=None)
+    pin = plexauth.create_pin(config)
+    with raises(PinExpiredError) as info:
+        plexauth.wait_for_pin(config, pin, timeout=timeout, interval=interval)
+    assert str(info.value) == f"PIN 1000 was not approved within {timeout:g} s"
+    assert 1 <= plex_tv.checks <= most
+
+
+def test_wait_for_pin__stops_at_the_pins_expiry(httpserver: HTTPServer, config: Config) -> None:
+    plex_tv = FakePlexTV(httpserver, pending=None, lifetime=1.9)
+    pin = plexauth.create_pin(config)
+    with raises(PinExpiredError) as info:
+        plexauth.wait_for_pin(config, pin, timeout=300, interval=1)
+    # Stopped by the PIN's own expiresAt, before plex.tv had to say so.
+    assert str(info.value) == (
+        f"PIN 1000 expired at {pin.expires_at:%Y-%m-%d %H:%M:%S} UTC before it was approved"
+    )
+    assert 1 <= plex_tv.checks <= 2
+
+
+def test_wait_for_pin__returns_a_token_already_there(httpserver: HTTPServer, config: Config) -> None:
+    pin = Pin(id=5, code="A1B2", auth_token=PIN_TOKEN)
+    assert plexauth.wait_for_pin(config, pin) == PIN_TOKEN
+    assert httpserver.log == []
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "message"),
+    [
+        (lambda c: plexauth.check_pin(c, 1000), TypeError, "pin must be a plexauth.Pin (from create_pin), not int"),
+        (lambda c: plexauth.check_pin(c, Pin(id="../user", code="x")), TypeError, "pin.id must be an int, not str"),
+        (lambda c: plexauth.check_pin(c, Pin(id=1, code="x", client_identifier="other")), ValueError,
+         "the PIN was created by client identifier 'other', not 'test-client-0001'"),
+        (lambda c: plexauth.wait_for_pin(c, Pin(id=1, code="x"), timeout=0), ValueError,
+         "timeout must be a positive number of seconds, got 0"),
+        (lambda c: plexauth.wait_for_pin(c, Pin(id=1, code="x"), interval=float("nan")), ValueError,
+         "interval must be a positive number of seconds, got nan"),
+        (lambda c: plexauth.wait_for_pin(c, Pin(id=1, code="x"), timeout="300"), TypeError,
+         "timeout must be a number of seconds, not str"),
+        (lambda c: plexauth.pin_auth_url(c, Pin(id=1, code="")), ValueError, "pin.code must not be empty"),
+        (lambda c: plexauth.pin_auth_url(c, Pin(id=1, code="x"), forward_url=b"x"), TypeError,
+         "forward_url must be a str, not bytes"),
+    ],
+    ids=["not-a-pin", "id-not-int", "other-client", "timeout-0", "interval-nan", "timeout-str", "empty-code",
+         "forward-bytes"],
+)
+def test_pin__wrong_arguments(httpserver: HTTPServer, config: Config, call: Any, exc: type, message: str) -> None:
+    with raises(exc) as info:
+        call(config)
+    assert str(info.value).startswith(message)
+    assert httpserver.log == []
+
+
+def test_ping_and_sign_out(httpserver: HTTPServer, config: Config) -> None:
+    plex_tv = FakePlexTV(httpserver)
+    assert plexauth.ping(config) is None
+    assert plexauth.sign_out(config) is None
+    assert plex_tv.tokens == set()
+    with raises(UnauthorizedError) as info:
+        plexauth.ping(config)
+    assert str(info.value) == (
+        "GET /api/v2/ping failed with 401 Unauthorized: User could not be authenticated (code 1001)"
+    )
+    with raises(UnauthorizedError):
+        plexauth.sign_out(config)
+    ping, sign_out, *_ = requests_seen(httpserver)
+    assert (ping.method, ping.path, sign_out.method, sign_out.path) == (
+        "GET", "/api/v2/ping", "DELETE", "/api/v2/users/signout"
+    )
+    for request in (ping, sign_out):
+        assert request.headers["X-Plex-Token"] == TOKEN
+        assert TOKEN not in request.full_path
+    assert len(httpserver.log) == 4  # a 401 is not retried
+
+
 # --------------------------------------------------------------------------- errors, for every operation
 
 PLEX_TV_ERRORS = [
@@ -780,7 +1020,7 @@ def test_errors__plex_tv_bodies(
     assert len(httpserver.log) == 1  # no error here is retried
 
 
-@pytest.mark.parametrize("op", OPS, ids=repr)
+@pytest.mark.parametrize("op", [op for op in OPS if op.name not in STATUS_ONLY], ids=repr)
 @pytest.mark.parametrize(
     "body",
     [b"not json", b"{}", b"<html><body>OK</body></html>", b'{"MediaContainer": []}', b"", b"null"],
@@ -924,12 +1164,13 @@ def test_errors__server_errors(httpserver: HTTPServer, config: Config, op: Op, s
 @pytest.mark.parametrize("op", GET_OPS, ids=repr)
 def test_retries__get_succeeds_after_503_and_429(httpserver: HTTPServer, config: Config, op: Op) -> None:
     body = {"/security/token": {"MediaContainer": {"token": TRANSIENT}}, "/security/resources": SOURCE,
-            "/api/v2/user": ACCOUNT}[op.path]
+            "/api/v2/user": ACCOUNT, "/api/v2/pins/7": {"id": 7, "code": "ABCD"}, "/api/v2/ping": {}}[op.path]
     # Ordered handlers answer first, in turn; then the permanent one.
     httpserver.expect_ordered_request(op.path).respond_with_data("", status=503, headers={"Retry-After": "0"})
     httpserver.expect_ordered_request(op.path).respond_with_data("", status=429, headers={"Retry-After": "0"})
     expect(httpserver, op).respond_with_json(body)
-    assert op.call(config)
+    result = op.call(config)
+    assert (result is None) == (op.name in STATUS_ONLY)
     assert len(httpserver.log) == 3
 
 
@@ -1263,15 +1504,25 @@ def reset_mid_body(conn: socket.socket, done: threading.Event) -> None:
 @pytest.mark.parametrize("op", OPS, ids=repr)
 def test_transport__reset_mid_body(fault_server: Any, op: Op) -> None:
     server = fault_server(reset_mid_body)
-    with raises((TransportError, ResponseError)) as info:
+    try:
         op.call(fault_config(server.port))
-    if isinstance(info.value, ResponseError):
+    except (TransportError, ResponseError) as exc:
+        sweep(exc)
+        error: PlexAuthError | None = exc
+    else:
+        error = None
+    if error is None:
+        # urllib3 1.26 may read the reset as an end of file and hand back the
+        # short body (it does not enforce Content-Length); these read only the status.
+        assert urllib3.__version__.startswith("1.")
+        assert op.name in STATUS_ONLY
+    elif isinstance(error, ResponseError):
         # urllib3 1.26 does not enforce Content-Length: when the reset reads as
         # an end of file, it hands back the short body, which is not valid JSON.
         assert urllib3.__version__.startswith("1.")
-        assert "invalid JSON" in info.value.reason
+        assert "invalid JSON" in error.reason
     else:
-        assert info.value.reason.startswith("connection broken (")
+        assert error.reason.startswith("connection broken (")
     server.close()
     assert server.connections == 1
 
@@ -1594,6 +1845,28 @@ def test_models__bool_and_int_forms() -> None:
 
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (1556281940, datetime.datetime(2019, 4, 26, 12, 32, 20, tzinfo=datetime.timezone.utc)),
+        ("1556281940", datetime.datetime(2019, 4, 26, 12, 32, 20, tzinfo=datetime.timezone.utc)),
+        ("2026-10-01T23:09:52Z", datetime.datetime(2026, 10, 1, 23, 9, 52, tzinfo=datetime.timezone.utc)),
+        ("2026-10-01T23:09:52.250+02:00",
+         datetime.datetime(2026, 10, 1, 21, 9, 52, 250000, tzinfo=datetime.timezone.utc)),
+        ("2026-10-01T23:09:52", datetime.datetime(2026, 10, 1, 23, 9, 52, tzinfo=datetime.timezone.utc)),
+        ("0001-01-01T00:00:00+01:00", None),  # before year 1 in UTC
+        ("tomorrow", None),
+        ("", None),
+        (10**18, None),
+        ([], None),
+    ],
+    ids=["seconds", "seconds-text", "iso-z", "iso-offset", "iso-naive", "out-of-range", "text", "empty", "huge",
+         "list"],
+)
+def test_models__times_from_seconds_or_iso_text(value: Any, expected: Any) -> None:
+    assert plexauth._time(value) == expected
+
+
 def test_transport__describes_unknown_failures() -> None:
     # No fault server produces a bare urllib3 HTTPError; the core still names it.
     assert plexauth._describe(urllib3.exceptions.HTTPError("x")) == "connection failed (HTTPError)"
@@ -1656,7 +1929,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 WIRE_KEYS = [
     "MediaContainer", "token", "Device", "Connection", "name", "clientIdentifier", "accessToken", "uri", "port",
     "local", "id", "uuid", "username", "authToken", "joinedAt", "subscription", "features", "services", "profile",
-    "roles", "entitlements", "errors", "error", "code", "message", "status", "user",
+    "roles", "entitlements", "errors", "error", "code", "message", "status", "user", "pin", "expiresAt",
 ]
 # The request's own secrets, which a server may echo anywhere.
 ECHOES = [TOKEN, PASSWORD, CODE]
@@ -1688,7 +1961,11 @@ def xml_element(draw: Any, depth: int = 0) -> str:
     return f"<{tag}{text}>{''.join(children)}</{tag}>"
 
 
-KNOWN = [ACCOUNT, SOURCE, {"MediaContainer": {"token": "t"}}, {"errors": [{"code": 1029, "message": "m"}]}]
+PIN_DOC = {"id": 7, "code": "ABCD", "clientIdentifier": CLIENT_ID, "expiresAt": "2026-10-01T23:09:52Z",
+           "authToken": PIN_TOKEN}
+KNOWN = [
+    ACCOUNT, SOURCE, PIN_DOC, {"MediaContainer": {"token": "t"}}, {"errors": [{"code": 1029, "message": "m"}]}
+]
 
 
 @st.composite
@@ -1779,11 +2056,15 @@ def test_property__any_answer_gives_model_or_plexauth_error(scripted_server: Any
     else:
         error = None
         assert 200 <= answer["status"] < 300
-        assert isinstance(result, (str, plexauth.SourceConnectionInformation, plexauth.UserPlexAccount))
+        if op.name in STATUS_ONLY:
+            assert result is None
+        else:
+            assert isinstance(result, (str, plexauth.SourceConnectionInformation, plexauth.UserPlexAccount, Pin))
     if error is not None:
         # The secrets this request sent, and those a server puts under secret keys.
-        sent = (TOKEN, PASSWORD, CODE) if op.method == "POST" else (TOKEN,)
-        sweep(error, (*sent, AUTH_TOKEN, ACCESS_TOKEN, SERVICE_TOKEN, SERVICE_SECRET, "CANARY-hashed-pin"))
+        sent = (TOKEN, PASSWORD, CODE) if op.name == "signin" else (TOKEN,)
+        server_made = (AUTH_TOKEN, ACCESS_TOKEN, SERVICE_TOKEN, SERVICE_SECRET, PIN_TOKEN, "CANARY-hashed-pin")
+        sweep(error, (*sent, *server_made))
         assert str(error).startswith(f"{op.method} {op.path} ")
 
 
@@ -1791,8 +2072,6 @@ def test_property__any_answer_gives_model_or_plexauth_error(scripted_server: Any
 
 
 def test_readme__guarantees_name_real_tests() -> None:
-    import re
-
     with open(os.path.join(os.path.dirname(__file__), "README.rst"), encoding="utf-8") as file:
         readme = file.read()
     section = readme[readme.index("What the suite asserts") : readme.index("Development\n---")]
@@ -1807,7 +2086,8 @@ def test_readme__guarantees_name_real_tests() -> None:
 
     ci, local = settings.get_profile("ci").max_examples, settings.get_profile("default").max_examples
     assert (
-        f"for {figure(ci)} generated answers per operation in CI ({figure(ci * len(OPS))} in all; "
+        f"for {figure(ci)} generated answers per operation in CI ({figure(ci * len(OPS))} in all, "
+        f"for the {len(OPS)} operations that talk HTTP; "
         f"{local} per operation in a local run)" in text
     )
     assert f"{THREADS} threads \u00d7 {CALLS_PER_THREAD} calls" in text
@@ -2080,12 +2360,16 @@ def test_cli__network_error_exits_6(cli: Any, monkeypatch: pytest.MonkeyPatch) -
         (["whoami", "--token-file", "/no/such/file"], "cannot read the token file '/no/such/file': No such file"),
         (["--server", "ftp://x", "transient-token"], "Config.server_url must be an http:// or https:// URL"),
         (["whoami", "--timeout", "0"], "Config.timeout must be a positive number of seconds, got 0.0"),
+        (["link", "--timeout", "0"], "--timeout must be a positive number of seconds, got 0.0"),
+        (["link", "--save-token", "/no/such/folder/token"], "cannot write /no/such/folder/token: /no/such/folder "
+                                                            "is not a folder this user can write to"),
+        (["ping"], "no token: set PLEX_TOKEN"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         ([], "the following arguments are required: COMMAND"),
     ],
     ids=[
         "token-argument", "password-argument", "no-abbreviations", "no-token", "token-file-missing", "bad-url",
-        "bad-timeout", "bad-command", "nothing",
+        "bad-timeout", "link-bad-timeout", "link-unwritable-token-file", "ping-no-token", "bad-command", "nothing",
     ],
 )
 def test_cli__usage_errors_exit_2(
@@ -2219,6 +2503,70 @@ def test_cli__interrupted_prompt_and_odd_stdin(cli: Any, monkeypatch: pytest.Mon
     assert cli("sign-in", "--login", "me")[0] == 2
 
 
+def test_cli__link_prints_code_on_stderr_and_token_on_stdout(
+    cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plex_tv = FakePlexTV(httpserver, pending=1)
+    monkeypatch.setenv("PLEX_CLIENT_IDENTIFIER", CLIENT_ID)
+    # -v: the DEBUG log of every request goes to stderr too, which the fixture checks for the token.
+    code, out, err = cli("-v", "link", shown=(PIN_TOKEN,))
+    assert (code, out) == (0, PIN_TOKEN + "\n")
+    assert "plexauth: go to https://plex.tv/link and enter the code A1B2 (waiting up to 300 s)\n" in err
+    assert "GET /api/v2/pins/1000 -> 200" in err
+    assert plex_tv.checks == 2
+
+
+def test_cli__link_oauth_save_token_and_json(
+    cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    FakePlexTV(httpserver, pending=0)
+    monkeypatch.setenv("PLEX_CLIENT_IDENTIFIER", CLIENT_ID)
+    target = tmp_path / "token"
+    code, out, err = cli("link", "--oauth", "--timeout", "60", "--save-token", str(target))
+    assert (code, out) == (0, "")
+    assert err == (
+        "plexauth: open this address in a browser and sign in (waiting up to 60 s):\n"
+        f"https://app.plex.tv/auth#?clientID={CLIENT_ID}&code=pj6rvq4k3lns1bcxfa2x0m9ye"
+        "&context[device][product]=plexauth\n"
+        f"plexauth: token saved to {target}\n"
+    )
+    assert target.read_text() == PIN_TOKEN + "\n"
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert requests_seen(httpserver)[0].args.to_dict() == {"strong": "true"}
+    code, out, _ = cli("link", "--json", shown=(PIN_TOKEN,))
+    assert (code, json.loads(out)) == (0, {"authToken": PIN_TOKEN})
+
+
+@pytest.mark.parametrize(
+    ("plex_tv", "argv", "message"),
+    [
+        ({"gone": True}, [], "GET /api/v2/pins/1000 failed with 404 Not Found: Code not found or expired "
+                             "(code 1020): PIN 1000 has expired, or plex.tv does not know it"),
+        ({"pending": None}, ["--timeout", "1"], "PIN 1000 was not approved within 1 s"),
+    ],
+    ids=["expired", "timeout"],
+)
+def test_cli__link_expired_exits_8(
+    cli: Any, httpserver: HTTPServer, plex_tv: dict[str, Any], argv: list[str], message: str
+) -> None:
+    FakePlexTV(httpserver, **plex_tv)
+    code, out, err = cli("link", *argv)
+    assert (code, out) == (8, "")
+    assert err.endswith(f"\nplexauth: error: {message}\n")
+
+
+def test_cli__ping_and_sign_out(cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    plex_tv = FakePlexTV(httpserver)
+    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
+    assert cli("ping") == (0, "", "")  # silent when alive: a nightly cron job mails nothing
+    assert cli("sign-out") == (0, "", "plexauth: signed out: the token no longer works\n")
+    assert plex_tv.tokens == set()
+    assert cli("ping") == (
+        3, "", "plexauth: error: GET /api/v2/ping failed with 401 Unauthorized: User could not be authenticated "
+        "(code 1001)\n"
+    )
+
+
 def test_readme__documents_every_subcommand_and_exit_code() -> None:
     import argparse
 
@@ -2228,7 +2576,9 @@ def test_readme__documents_every_subcommand_and_exit_code() -> None:
     (subcommands,) = [a for a in plexauth._parser()._actions if isinstance(a, argparse._SubParsersAction)]
     for name in subcommands.choices:
         assert f"\n``{name}" in section, name
-    for code in range(8):
+    codes = re.findall(r"^  (\d+)  ", plexauth._EXIT_CODES, re.MULTILINE)
+    assert codes == [str(n) for n in range(9)]
+    for code in codes:
         assert f"\n{code}     " in section, code
     assert "crontab" in section or "cron job" in section
 
