@@ -1560,13 +1560,14 @@ def wait_for_pin(config: Config, pin: Pin, *, timeout: float = 300.0, interval: 
     _check_pin(config, pin)
     timeout = _check_seconds("timeout", timeout)
     interval = max(_MIN_PIN_INTERVAL, _check_seconds("interval", interval))
-    deadline = time.monotonic() + timeout
+    left = timeout
     why = f"PIN {pin.id} was not approved within {timeout:g} s"
     if pin.expires_at is not None:
-        left = (pin.expires_at - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
-        if time.monotonic() + left < deadline:
-            deadline = time.monotonic() + left
+        lifetime = (pin.expires_at - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+        if lifetime < timeout:
+            left = lifetime
             why = f"PIN {pin.id} expired at {pin.expires_at:%Y-%m-%d %H:%M:%S} UTC before it was approved"
+    deadline = time.monotonic() + left
     token = pin.auth_token  # a PIN checked before may carry it already
     while token is None:
         token = check_pin(config, pin).auth_token
