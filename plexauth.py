@@ -1,8 +1,10 @@
 """plexauth: the Plex authentication API in one file.
 
-Sign in to plex.tv (with a 2FA code), read the account behind a token, mint a
-transient token on a Plex Media Server, and get the connection details and
-token of a source the server knows.  The only dependency is urllib3.
+Sign in to plex.tv (with a 2FA code, or without a password through a PIN
+entered at https://plex.tv/link), read the account behind a token, keep it
+alive or revoke it, mint a transient token on a Plex Media Server, and get the
+connection details and token of a source the server knows.  The only
+dependency is urllib3.
 
 Example::
 
