@@ -1072,12 +1072,13 @@ def _read_capped(response: Any, method: str, path: str) -> bytes:
 
 
 class _Answer:
-    __slots__ = ("body", "headers", "status")
+    __slots__ = ("body", "headers", "path", "status")
 
-    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes, path: str) -> None:
         self.status = status
         self.headers = headers
         self.body = body
+        self.path = path  # the request's URL path, for messages
 
 
 def _exchange(
@@ -1105,7 +1106,7 @@ def _exchange(
         _log.debug("%s %s failed: %s (%.3f s)", method, path, reason, time.monotonic() - started)
         raise TransportError(reason, method=method, path=path) from exc
     _log.debug("%s %s -> %d (%.3f s)", method, path, response.status, time.monotonic() - started)
-    return _Answer(response.status, response.headers, data)
+    return _Answer(response.status, response.headers, data, path)
 
 
 def _fetch(
@@ -1256,19 +1257,19 @@ def _api_error(answer: _Answer, method: str, path: str, on_server: bool, secrets
     return cls(status, code, message, **kwargs)
 
 
-def _call(
+def _send(
     config: Config,
     method: str,
     path: str,
-    build: Callable[[Any], _T],
     *,
     on_server: bool,
     query: Mapping[str, str] | None = None,
     form: Mapping[str, str] | None = None,
     send_token: bool = True,
     secrets: tuple[str, ...] = (),
-) -> _T:
-    """Send one operation's request and return ``build(decoded body)``.
+) -> _Answer:
+    """Send one operation's request and return its 2xx answer; any other
+    status becomes an ``APIError``.
 
     Only GETs are retried (connection failures and 429/502/503/504, with
     exponential backoff or the server's ``Retry-After`` up to a cap).
@@ -1303,13 +1304,18 @@ def _call(
         delay = min(_BACKOFF_SECONDS * 2 ** (attempt - 1), MAX_RETRY_WAIT_SECONDS) if wait is None else wait
         _log.debug("%s %s: try %d of %d failed, next in %.2f s", method, path, attempt, tries, delay)
         time.sleep(delay)
-    if build is _status_only:
-        return build(None)
+    return answer
+
+
+def _call(config: Config, method: str, path: str, build: Callable[[Any], _T], **request: Any) -> _T:
+    """``_send`` the request (``request`` holds its keyword arguments) and
+    return ``build(decoded body)``; a body that does not fit is a ``ResponseError``."""
+    answer = _send(config, method, path, **request)
     try:
         return build(_parse(answer.body))
     except (ValueError, RecursionError) as exc:
         reason = str(exc) if isinstance(exc, _Invalid) else "the body could not be decoded"
-        raise ResponseError(reason, status=answer.status, method=method, path=path) from None
+        raise ResponseError(reason, status=answer.status, method=method, path=answer.path) from None
 
 
 @functools.lru_cache(maxsize=64)
@@ -1348,11 +1354,6 @@ def _source(doc: Any) -> SourceConnectionInformation:
 
 def _account(doc: Any) -> UserPlexAccount:
     return _build(UserPlexAccount, _unwrap(doc, "user"))
-
-
-def _status_only(doc: Any) -> None:
-    """The ``build`` of answers whose 2xx status is all there is to read
-    (ping, sign-out): ``_call`` does not parse their body."""
 
 
 def _pin(doc: Any) -> Pin:
@@ -1614,7 +1615,7 @@ def ping(config: Config) -> None:
 
         ping(Config.from_env())
     """
-    _call(config, "GET", "/ping", _status_only, on_server=False)
+    _send(config, "GET", "/ping", on_server=False)  # the 2xx status is the answer
 
 
 def sign_out(config: Config) -> None:
@@ -1627,7 +1628,7 @@ def sign_out(config: Config) -> None:
 
         sign_out(config)
     """
-    _call(config, "DELETE", "/users/signout", _status_only, on_server=False)
+    _send(config, "DELETE", "/users/signout", on_server=False)
 
 
 # =============================================================================
