@@ -26,19 +26,23 @@ from __future__ import annotations
 
 import datetime
 import enum
+import errno
 import functools
 import http
 import http.client
+import io
 import json
 import logging
 import math
 import os
 import re
+import socket
 import sys
 import threading
 import time
 import typing
 import urllib.parse
+import zlib
 from typing import Any, Callable, ClassVar, Mapping, NoReturn, TypeVar
 
 import urllib3
@@ -95,37 +99,8 @@ __all__ = [
 _log = logging.getLogger("plexauth")
 _log.addHandler(logging.NullHandler())
 
-#: An answer body larger than this is not read further (``ResponseError``).
-MAX_BODY_BYTES = 8 * 1024 * 1024
-#: Backoff before the first retry of a GET; it doubles for each later one.
-_BACKOFF_SECONDS = 0.5
-#: Longest wait between two tries.  A ``Retry-After`` above it is not waited
-#: for: the error is raised at once with ``retry_after`` set, because sleeping
-#: for an hour inside a cron job helps nobody.
-MAX_RETRY_WAIT_SECONDS = 30.0
-_MAX_REDIRECTS = 5
-_REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
-_RETRY_STATUSES = frozenset((429, 502, 503, 504))
-# Retries and redirects are ours (_call, _fetch): urllib3 does neither.
-_NO_RETRIES = urllib3.util.Retry(total=False, redirect=False)
-# Plex documents are shallow; anything deeper is hostile or broken.
-_MAX_XML_DEPTH = 32
-#: An error's ``.body`` keeps this much.  Twice as much is read, so that a
-#: secret the server echoed across the cut is whole, and masked, before it.
-_KEPT_ERROR_BODY = 64 * 1024
-
-_CODE_TWO_FACTOR = 1029
-_CODE_RATE_LIMITED = 1003
-
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _INT_TEXT = re.compile(r"[+-]?[0-9]{1,18}")
-_XML_DECLARATIONS = re.compile(rb"<!(?:DOCTYPE|ENTITY)", re.IGNORECASE)
-# Values under keys ending in these names (authToken, accessToken, token,
-# secret, password...) are secrets wherever a server puts them, even in an
-# error body; an unterminated value (a cut body) is masked to its end.
-_SECRET_KEY = rb"(?:[Tt]oken|[Ss]ecret|[Pp]assword|verificationCode|[Pp]in)"
-_SECRET_JSON = re.compile(rb'("[^"\\]{0,64}?' + _SECRET_KEY + rb'"\s*:\s*")(?:[^"\\]|\\.?)*')
-_SECRET_XML = re.compile(rb"(?<![\w.:-])([\w.:-]{0,64}?" + _SECRET_KEY + rb"\s*=\s*)([\"'])(?:(?!\2).)*", re.DOTALL)
 
 # X-Plex-* headers, in the order they are sent, from Config fields.
 _PLEX_HEADERS = (
@@ -433,17 +408,27 @@ def _check_seconds(label: str, value: Any) -> float:
     return float(value)
 
 
-def _check_url(name: str, value: object) -> None:
+def _check_url(name: str, value: Any) -> None:
+    """An http(s) URL with a host; messages show it without its query,
+    fragment and credentials, where Plex Web's "View XML" puts the token."""
+    label = f"Config.{name}"
+    if not isinstance(value, str):
+        raise TypeError(f"{label} must be a str, not {type(value).__name__}")
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        scheme, rest = "", value
+    # Credentials first, to the last "@": a password may hold "?" or "#".
+    shown = scheme + sep + re.split(r"[?#]", rest.rpartition("@")[2], maxsplit=1)[0]
+    if not value.strip() or _CONTROL_CHARS.search(value) or not _is_text(value):
+        raise ValueError(f"{label} must be a URL without blanks, control characters or lone surrogates, got {shown!r}")
     try:
-        url = urllib3.util.parse_url(_check_text(f"Config.{name}", value, header=True))
+        url = urllib3.util.parse_url(value)
     except urllib3.exceptions.LocationParseError:
         url = None
     if url is None or url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"Config.{name} must be an http:// or https:// URL with a host, got {value!r}")
+        raise ValueError(f"{label} must be an http:// or https:// URL with a host, got {shown!r}")
     if url.query is not None or url.fragment is not None or url.auth is not None:
-        raise ValueError(
-            f"Config.{name} must not carry credentials, a query or a fragment, got {value!r}"
-        )
+        raise ValueError(f"{label} must not carry credentials, a query or a fragment, got {shown!r}")
 
 
 @_dataclass(frozen=True, repr=False)
@@ -458,6 +443,11 @@ class Config(_Record):
 
         config = Config(client_identifier="my-cron-job-7f3c", token=token,
                         server_url="http://192.0.2.10:32400")
+
+    ``timeout`` bounds each connect and each read; ``total_timeout`` bounds
+    the whole call (every try, redirect, retry wait and read), so that a
+    server that trickles its answer a byte at a time, or sends interim
+    answers without end, cannot hold a call longer.
     """
 
     client_identifier: str
@@ -476,7 +466,7 @@ class Config(_Record):
     timeout: float = 10.0
     retries: int = 2
     verify: bool | str = True
-    pool: urllib3.PoolManager | None = _spec(default=None, compare=False)
+    total_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         for name, _header in _PLEX_HEADERS:
@@ -486,6 +476,7 @@ class Config(_Record):
         _check_url("server_url", self.server_url)
         _check_url("plex_tv_url", self.plex_tv_url)
         _check_seconds("Config.timeout", self.timeout)
+        _check_seconds("Config.total_timeout", self.total_timeout)
         if isinstance(self.retries, bool) or not isinstance(self.retries, int):
             raise TypeError(f"Config.retries must be an int, not {type(self.retries).__name__}")
         if not 0 <= self.retries <= 10:
@@ -495,11 +486,6 @@ class Config(_Record):
                 raise ValueError(f"Config.verify names no CA bundle file: {self.verify!r}")
         elif not isinstance(self.verify, bool):
             raise TypeError(f"Config.verify must be a bool or a CA bundle path, not {type(self.verify).__name__}")
-        if self.pool is not None:
-            if not isinstance(self.pool, urllib3.PoolManager):
-                raise TypeError(f"Config.pool must be a urllib3.PoolManager, not {type(self.pool).__name__}")
-            if self.verify is not True:
-                raise ValueError("Config.verify cannot be changed when Config.pool is given: set TLS on the pool")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Config:
@@ -584,7 +570,8 @@ def _time(value: Any) -> datetime.datetime | None:
 
 
 def _nonempty(value: Any) -> str | None:
-    # A pending PIN's token is null in JSON and "" in XML.
+    # A pending PIN's token is null in JSON and "" in XML; a PIN's code or an
+    # account's token must have something in it.
     return value if isinstance(value, str) and value else None
 
 
@@ -759,9 +746,9 @@ class UserPlexAccount(_Record):
     """
 
     id: int = _field("id", _int, required=True)
-    uuid: str = _field("uuid", _str, required=True)
+    uuid: str = _field("uuid", _nonempty, required=True)
     username: str = _field("username", _str, required=True)
-    auth_token: str = _field("authToken", _str, required=True, secret=True)
+    auth_token: str = _field("authToken", _nonempty, required=True, secret=True)
     title: str | None = _field("title", _str)
     email: str | None = _field("email", _str)
     friendly_name: str | None = _field("friendlyName", _str)
@@ -813,7 +800,7 @@ class Pin(_Record):
     """
 
     id: int = _field("id", _int, required=True)
-    code: str = _field("code", _str, required=True)
+    code: str = _field("code", _nonempty, required=True)
     client_identifier: str | None = _field("clientIdentifier", _str)
     expires_at: datetime.datetime | None = _field("expiresAt", _time)
     auth_token: str | None = _field("authToken", _nonempty, secret=True)
@@ -943,22 +930,144 @@ class TransportError(PlexAuthError):
 # =============================================================================
 # The request core: build, send, classify, decode
 # =============================================================================
+# Every operation is one _call (or one _send, when the status is the whole
+# answer): _send builds the request and tries it (retries), _fetch follows
+# redirects, _exchange makes one HTTP exchange and reads its whole answer,
+# and _call decodes the body.  Everything a server sends is bounded here: the
+# time of the whole call, the size of the body, what a body may hold, and
+# what of it reaches an exception.
+
+#: An answer body larger than this, after decompression, is refused
+#: (``ResponseError``).  The Plex answers plexauth reads are 1 to 50 KB; a
+#: list of several hundred servers stays under 1 MiB.
+MAX_BODY_BYTES = 2 * 1024 * 1024
+#: Backoff before the first retry of a GET; it doubles for each later one.
+_BACKOFF_SECONDS = 0.5
+#: Longest wait between two tries.  A ``Retry-After`` above it is not waited
+#: for: the error is raised at once with ``retry_after`` set, because sleeping
+#: for an hour inside a cron job helps nobody.
+MAX_RETRY_WAIT_SECONDS = 30.0
+_MAX_REDIRECTS = 5
+_REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
+_RETRY_STATUSES = frozenset((429, 502, 503, 504))
+# Retries and redirects are ours (_send, _fetch): urllib3 does neither.
+_NO_RETRIES = urllib3.util.Retry(total=False, redirect=False)
+#: An error's ``.body`` keeps this much.  Twice as much is read, so that a
+#: secret the server echoed across the cut is whole, and masked, before it.
+_KEPT_ERROR_BODY = 64 * 1024
+_READ_ERROR_BODY = 2 * _KEPT_ERROR_BODY
+# A final answer may follow a few interim ones (103 Early Hints, 100 Continue).
+_MAX_INTERIM_ANSWERS = 8
+
+_CODE_TWO_FACTOR = 1029
+_CODE_RATE_LIMITED = 1003
 
 _pools: dict[bool | str, urllib3.PoolManager] = {}
 _pools_lock = threading.Lock()
+# The deadline (time.monotonic()) of the call this thread is making, for the
+# _Response that urllib3 makes deep inside urlopen.
+_local = threading.local()
 
 
-def _pool(config: Config) -> urllib3.PoolManager:
-    """The caller's pool, else one module pool per TLS setting, made on first use."""
-    if config.pool is not None:
-        return config.pool
+class _Unusable(http.client.HTTPException):
+    """An answer plexauth does not use; its text is plexauth's, never the server's."""
+
+
+def _seconds_left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise socket.timeout("the call's time limit passed")
+    return left
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's bytes, each read ending by the call's deadline: a socket
+    timeout bounds one read, and a server trickling a byte at a time would
+    otherwise hold a call for as long as it likes."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._raw = sock.makefile("rb", buffering=0)  # keeps the socket open while read, as http.client's does
+        self._sock = sock
+        self._deadline = deadline
+        self._timeout = sock.gettimeout()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        left = _seconds_left(self._deadline)
+        self._sock.settimeout(left if self._timeout is None else min(self._timeout, left))
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _Response(http.client.HTTPResponse):
+    """http.client's answer, made safe for a shared pool of connections.
+
+    http.client takes an interim answer (``103 Early Hints``, ``102``) for the
+    final one and leaves the real answer in the socket, where the next
+    request, perhaps another user's, would read it: here interim answers are
+    skipped, as RFC 9110 asks of a client.  Every read ends by the call's
+    deadline; headers that cannot be parsed make the answer unusable (urllib3
+    would log them, and they may hold what the server echoed); a body that the
+    status forbids (204, 304) closes the connection instead of being left for
+    the next answer.
+    """
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self.fp.close()  # replaced by a reader that keeps to the deadline
+        self.fp = io.BufferedReader(_DeadlineReader(sock, _local.deadline))
+
+    def _read_status(self) -> tuple[str, int, str]:
+        for _ in range(_MAX_INTERIM_ANSWERS + 1):
+            version, status, reason = super()._read_status()  # type: ignore[misc]
+            if not 100 <= status < 200 or status == 101:
+                return version, status, reason
+            http.client.parse_headers(self.fp)  # the interim answer's; the final one follows
+        raise _Unusable(f"more than {_MAX_INTERIM_ANSWERS} interim (1xx) answers")
+
+    def begin(self) -> None:
+        super().begin()
+        try:
+            urllib3.util.response.assert_header_parsing(self.msg)
+        except urllib3.exceptions.HeaderParsingError:
+            raise _Unusable("the answer has header lines that cannot be parsed") from None
+        announced = self.msg.get("Transfer-Encoding") or self.msg.get("Content-Length", "0").strip() != "0"
+        if self.length == 0 and announced:
+            self.will_close = True
+
+
+class _HTTPConnection(urllib3.connection.HTTPConnection):
+    response_class = _Response
+
+
+class _HTTPSConnection(urllib3.connection.HTTPSConnection):
+    response_class = _Response
+
+
+class _HTTPConnectionPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSConnectionPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+def _pool(verify: bool | str) -> urllib3.PoolManager:
+    """The module's pool for this TLS setting, made on first use."""
     with _pools_lock:
-        pool = _pools.get(config.verify)
+        pool = _pools.get(verify)
         if pool is None:
-            tls: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED" if config.verify else "CERT_NONE"}
-            if isinstance(config.verify, str):
-                tls["ca_certs"] = config.verify
-            pool = _pools[config.verify] = urllib3.PoolManager(num_pools=16, maxsize=8, **tls)
+            tls: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED" if verify else "CERT_NONE"}
+            if isinstance(verify, str):
+                tls["ca_certs"] = verify
+            pool = urllib3.PoolManager(num_pools=16, maxsize=8, **tls)
+            pool.pool_classes_by_scheme = {"http": _HTTPConnectionPool, "https": _HTTPSConnectionPool}
+            _pools[verify] = pool
         return pool
 
 
@@ -970,7 +1079,7 @@ def _header_text(value: str) -> str:
 class _Prepared:
     """What every request made with one Config shares, worked out once."""
 
-    __slots__ = ("headers", "origins", "pool", "timeout")
+    __slots__ = ("headers", "origins", "pool")
 
     def __init__(self, config: Config) -> None:
         plain = {"Accept": "application/json", "User-Agent": f"plexauth/{__version__}"}
@@ -988,11 +1097,12 @@ class _Prepared:
             (base.rstrip("/"), (urllib3.util.parse_url(base).path or "").rstrip("/"))
             for base in (config.plex_tv_url, config.server_url)
         )
-        self.pool = _pool(config)
-        self.timeout = urllib3.Timeout(connect=config.timeout, read=config.timeout)
+        self.pool = _pool(config.verify)
 
 
 def _prepared(config: Config) -> _Prepared:
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be a plexauth.Config, not {type(config).__name__}")
     # Kept in the instance's __dict__, as functools.cached_property does on
     # frozen dataclasses; dataclasses.replace() gives a Config without it.
     prepared: _Prepared | None = config.__dict__.get("_prepared")
@@ -1001,8 +1111,41 @@ def _prepared(config: Config) -> _Prepared:
     return prepared
 
 
+class _Request:
+    """One operation's request, as it goes through the core."""
+
+    __slots__ = ("body", "config", "deadline", "headers", "method", "on_server", "path", "pool", "secrets", "url")
+
+    def __init__(self, config: Config, method: str, url: str, path: str, headers: dict[str, str],
+                 body: bytes | None, on_server: bool, secrets: tuple[str, ...], deadline: float) -> None:
+        self.config = config
+        self.method = method
+        self.url = url
+        self.path = path  # the URL's path, for messages: never the query
+        self.headers = headers
+        self.body = body
+        self.on_server = on_server
+        self.secrets = secrets  # what the server may echo, to be masked in all it sends back
+        self.deadline = deadline  # time.monotonic() by which the whole call ends
+        self.pool = _prepared(config).pool
+
+    def failed(self, reason: str) -> TransportError:
+        return TransportError(_mask(reason, self.secrets), method=self.method, path=self.path)
+
+
+class _Answer:
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
 def _describe(exc: BaseException) -> str:
-    """A short, secret-free reason for a transport failure."""
+    """A short reason for a transport failure, from the exception's kind and
+    the innermost OS error (refused, reset, certificate verify failed); never
+    the server's words, which http.client puts in some of its exceptions."""
     kind = "connection failed"
     # NewConnectionError subclasses ConnectTimeoutError, so it goes first.
     if isinstance(exc, urllib3.exceptions.NewConnectionError):
@@ -1013,12 +1156,13 @@ def _describe(exc: BaseException) -> str:
         kind = "TLS failed"
     elif isinstance(exc, urllib3.exceptions.ProtocolError):
         kind = "connection broken"
-    # The innermost OS error says why (refused, reset, certificate verify failed).
     seen = set()
     detail = None
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        if isinstance(current, _Unusable):
+            return str(current)
         if isinstance(current, OSError) and not isinstance(current, urllib3.exceptions.HTTPError):
             detail = current.strerror or str(current) or type(current).__name__
         reason = getattr(current, "reason", None)
@@ -1037,101 +1181,155 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return (parts.scheme or "", (parts.host or "").lower(), parts.port or default)
 
 
-def _read_capped(response: Any, method: str, path: str) -> bytes:
-    """The body, up to MAX_BODY_BYTES for a 2xx and a little for anything else."""
-    success = 200 <= response.status < 300
-    limit = MAX_BODY_BYTES if success else 2 * _KEPT_ERROR_BODY
-    remaining = response.length_remaining
-    if remaining is not None and remaining <= limit and "Content-Encoding" not in response.headers:
-        # The usual answer: its length is known, small, and not encoded; one read.
-        data: bytes = response.read()
-        return data
-    chunks: list[bytes] = []
-    size = 0
-    while size <= limit:
-        try:
-            chunk = response.read(65536)
-        except urllib3.exceptions.DecodeError:
-            # A broken gzip/deflate body is the server's answer, not a network fault.
-            response.close()
-            if success:
-                raise ResponseError(
-                    "the body does not match its Content-Encoding", status=response.status, method=method, path=path
-                ) from None
-            return b""
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        chunks.append(chunk)
-    response.close()  # the rest is not wanted; the connection cannot be reused
-    if success:
-        raise ResponseError(
-            f"the body is larger than {MAX_BODY_BYTES} bytes", status=response.status, method=method, path=path
-        )
-    return b"".join(chunks)  # an error body; _api_error keeps its start
+def _exchange(request: _Request, url: str, headers: dict[str, str]) -> _Answer:
+    """One HTTP exchange and its whole answer; no retries, no redirects.
 
-
-class _Answer:
-    __slots__ = ("body", "headers", "path", "status")
-
-    def __init__(self, status: int, headers: Mapping[str, str], body: bytes, path: str) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-        self.path = path  # the request's URL path, for messages
-
-
-def _exchange(
-    prepared: _Prepared, method: str, url: str, headers: dict[str, str], body: bytes | None, path: str
-) -> _Answer:
-    """One request and its whole answer; no retries, no redirects."""
+    The connection goes back to the pool only when its answer was read to
+    the end; a TransportError carries no exception of urllib3's or the
+    socket's (they may quote what the server sent).
+    """
     started = time.monotonic()
+    reason = None
+    _local.deadline = request.deadline
     try:
-        response = prepared.pool.urlopen(
-            method,
+        timeout = min(request.config.timeout, _seconds_left(request.deadline))
+        response = request.pool.urlopen(
+            request.method,
             url,
-            body=body,
+            body=request.body,
             headers=headers,
             retries=_NO_RETRIES,
             redirect=False,
-            timeout=prepared.timeout,
+            timeout=urllib3.Timeout(connect=timeout, read=timeout),
             preload_content=False,
+            decode_content=False,
+            enforce_content_length=True,  # urllib3 1.26 would take a cut body for a whole one
         )
+        whole = False
         try:
-            data = _read_capped(response, method, path)
+            if response.status < 200:
+                raise _Unusable(f"the server switched protocols ({response.status})")
+            body = _read_body(response, request)
+            whole = True
         finally:
+            if not whole:
+                response.close()  # half read: never back to the pool
             response.release_conn()
     except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
         reason = _describe(exc)
-        _log.debug("%s %s failed: %s (%.3f s)", method, path, reason, time.monotonic() - started)
-        raise TransportError(reason, method=method, path=path) from exc
-    _log.debug("%s %s -> %d (%.3f s)", method, path, response.status, time.monotonic() - started)
-    return _Answer(response.status, response.headers, data, path)
+    elapsed = time.monotonic() - started
+    if reason is None:
+        _log.debug("%s %s -> %d (%.3f s)", request.method, request.path, response.status, elapsed)
+        return _Answer(response.status, response.headers, body)
+    if time.monotonic() >= request.deadline:
+        total = request.config.total_timeout
+        reason = f"no complete answer within the {total:g} s limit for the whole call (Config.total_timeout)"
+    _log.debug("%s %s failed after %.3f s", request.method, request.path, elapsed)
+    raise request.failed(reason)
 
 
-def _fetch(
-    prepared: _Prepared, method: str, url: str, headers: dict[str, str], body: bytes | None, path: str
-) -> _Answer:
-    """One try, following redirects for GETs; the token never leaves its origin."""
-    start = url
-    answer = _exchange(prepared, method, url, headers, body, path)
-    for _ in range(_MAX_REDIRECTS):
-        if answer.status not in _REDIRECT_STATUSES or method != "GET":
+def _read_body(response: Any, request: _Request) -> bytes:
+    """The body, decompressed: up to MAX_BODY_BYTES for a 2xx answer, and the
+    start of anything else (an error's body; b"" if it cannot be decoded)."""
+    success = 200 <= response.status < 300
+    limit = MAX_BODY_BYTES if success else _READ_ERROR_BODY
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = response.read(65536, decode_content=False)
+        if not chunk:
             break
-        location = answer.headers.get("Location")
-        if not location:
-            break
+        size += len(chunk)
+        chunks.append(chunk)
+    else:
+        response.close()  # the rest is not wanted
+        if success:
+            raise _response_error(request, response.status, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    body = b"".join(chunks)[: limit + 1]
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return body if success else body[:limit]
+    decoded = _decompress(body, encoding, limit)
+    if isinstance(decoded, bytes):
+        return decoded
+    if success:
+        raise _response_error(request, response.status, decoded)
+    return b""
+
+
+def _response_error(request: _Request, status: int, reason: str) -> ResponseError:
+    return ResponseError(reason, status=status, method=request.method, path=request.path)
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes | str:
+    """``body`` undone from one gzip or deflate layer, or why it cannot be.
+
+    The output is bounded as it is made (a few KB of gzip can hold gigabytes),
+    and encodings that were not asked for (stacked, or unknown) are refused.
+    """
+    wbits: tuple[int, ...]
+    if encoding in ("gzip", "x-gzip"):
+        wbits = (16 + zlib.MAX_WBITS,)
+    elif encoding == "deflate":
+        wbits = (zlib.MAX_WBITS, -zlib.MAX_WBITS)  # zlib-wrapped, as the RFC says, or raw, as some servers send
+    else:
+        return "the body is in a Content-Encoding plexauth does not read (only one gzip or deflate layer)"
+    for bits in wbits:
+        out: list[bytes] = []
+        size = 0
+        data = body
+        decompressor = zlib.decompressobj(bits)
         try:
-            url = urllib.parse.urljoin(url, location)
-            if urllib3.util.parse_url(url).scheme not in ("http", "https"):
-                break
-        except ValueError:  # includes urllib3's LocationParseError
+            while data:
+                piece = decompressor.decompress(data, limit + 1 - size)
+                size += len(piece)
+                out.append(piece)
+                if size > limit:
+                    return f"the body is larger than {limit} bytes once decompressed"
+                data = decompressor.unconsumed_tail
+                if decompressor.eof and decompressor.unused_data:  # another gzip member follows
+                    data = decompressor.unused_data
+                    decompressor = zlib.decompressobj(bits)
+        except zlib.error:
+            continue
+        if decompressor.eof:
+            return b"".join(out)
+    return "the body does not match its Content-Encoding"
+
+
+def _fetch(request: _Request) -> _Answer:
+    """One try, following redirects for GETs; the token never leaves its
+    origin, and no redirect is followed to an address holding a secret."""
+    url, headers = request.url, request.headers
+    answer = _exchange(request, url, headers)
+    for _ in range(_MAX_REDIRECTS):
+        if answer.status not in _REDIRECT_STATUSES or request.method != "GET":
             break
-        if _TOKEN_HEADER in headers and _origin(url) != _origin(start):
-            _log.debug("%s %s: redirected to another origin; X-Plex-Token not forwarded", method, path)
+        target = _redirect_target(request, url, answer.headers.get("Location"))
+        if target is None:
+            break
+        if _TOKEN_HEADER in headers and _origin(target) != _origin(request.url):
+            _log.debug("%s %s: redirected to another origin; X-Plex-Token not forwarded", request.method, request.path)
             headers = {k: v for k, v in headers.items() if k != _TOKEN_HEADER}
-        answer = _exchange(prepared, method, url, headers, body, path)
+        url = target
+        answer = _exchange(request, url, headers)
     return answer
+
+
+def _redirect_target(request: _Request, url: str, location: str | None) -> str | None:
+    if not location:
+        return None
+    if _mask(location, request.secrets) != location:
+        # urllib3 would log the address, and the token would sit in a URL.
+        _log.debug("%s %s: not redirected to an address that holds a secret", request.method, request.path)
+        return None
+    try:
+        target = urllib.parse.urljoin(url, location)
+        if urllib3.util.parse_url(target).scheme not in ("http", "https"):
+            return None
+    except ValueError:  # includes urllib3's LocationParseError
+        return None
+    return target
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -1152,71 +1350,322 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
 
 
-def _mask(body: bytes, secrets: tuple[str, ...]) -> bytes:
-    """Blank out this request's secrets where the server echoed them, and the
-    values of secret keys (``authToken``, ``token``...) in JSON and XML."""
-    body = _SECRET_XML.sub(rb"\1\2***", _SECRET_JSON.sub(rb"\1***", body))
-    for secret in filter(None, secrets):
-        forms = {
-            secret,
-            json.dumps(secret)[1:-1],
-            json.dumps(secret, ensure_ascii=False)[1:-1],
-            urllib.parse.quote_plus(secret),
-        }
-        escaped = secret.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        forms.update((escaped, escaped.replace('"', "&quot;")))
-        for form in forms:
-            body = body.replace(form.encode("utf-8"), b"***")
-    return body
+# -----------------------------------------------------------------------------
+# Masking what a server sends back
+# -----------------------------------------------------------------------------
+# A server may echo a secret of the request (the token, the password, the
+# code) in an error body, a header or a reason, raw or in any of the forms
+# below.  _mask looks for it in the text as sent and with every escape undone
+# (up to four times over: a percent-encoded secret in a JSON string in an
+# XML attribute is three), and blanks the text it came from.
+
+_UNESCAPE_PASSES = 4
+
+_ESCAPES = re.compile(
+    rb"\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})"  # JSON, a surrogate pair
+    rb"|\\u([0-9a-fA-F]{4})|\\([\"\\/bfnrt])"  # JSON
+    rb"|&#([0-9]{1,7});|&#[xX]([0-9a-fA-F]{1,6});|&([A-Za-z][A-Za-z0-9]{1,31});"  # XML and HTML
+    rb"|%([0-9a-fA-F]{2})|\+"  # percent-encoding, + for a space
+)
+_JSON_ESCAPES = {b'"': b'"', b"\\": b"\\", b"/": b"/", b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t"}
+# Values under keys ending in these names (authToken, accessToken, token,
+# secret, password...) are secrets wherever a server puts them, even in an
+# error body; an unterminated value (a cut body) is masked to its end.
+_SECRET_KEY = rb"(?:[Tt]oken|TOKEN|[Ss]ecret|[Pp]assword|verificationCode|[Pp]in|PIN)"
+_SECRET_VALUES = (
+    re.compile(rb'"[^"\\]{0,64}?' + _SECRET_KEY + rb'"\s*:\s*"(?P<v>(?:[^"\\]|\\.?)*)'),  # JSON
+    re.compile(rb"(?<![\w.:-])[\w.:-]{0,64}?" + _SECRET_KEY + rb"\s*=\s*([\"'])(?P<v>(?:(?!\1).)*)", re.DOTALL),  # XML
+    re.compile(rb"(?<![\w.:-])[\w.:-]{0,64}?" + _SECRET_KEY + rb"=(?P<v>[^\s&\"'<>;,]+)"),  # a query string
+)
 
 
-def _xml_node(element: Any, depth: int) -> Any:
-    """An XML element as its JSON twin: attributes become keys, repeated or
-    plural-wrapped children (``<roles><role/></roles>``) become lists."""
-    if depth > _MAX_XML_DEPTH:
-        raise _Invalid("the XML is nested too deeply")
-    children = list(element)
-    if children and all(child.tag == children[0].tag for child in children) and element.tag == children[0].tag + "s":
-        return [_xml_node(child, depth + 1) for child in children]
-    if not children and not element.attrib:
-        return (element.text or "").strip() or {}
-    node: dict[str, Any] = dict(element.attrib)
-    groups: dict[str, list[Any]] = {}
-    for child in children:
-        groups.setdefault(child.tag, []).append(_xml_node(child, depth + 1))
-    for tag, values in groups.items():
-        node[tag] = values[0] if len(values) == 1 else values
-    return node
+def _mask(text: str, secrets: tuple[str, ...], *, keys: bool = True) -> str:
+    """``text`` with ``secrets``, and (with ``keys``) the values of
+    secret-looking keys, replaced by ``***``: raw, JSON- or XML/HTML-escaped,
+    percent-encoded, in base64, or any mix of these."""
+    data = text.encode("utf-8", "surrogatepass")
+    if text.isascii():
+        starts = list(range(len(text)))
+    else:
+        starts = [i for i, char in enumerate(text) for _ in char.encode("utf-8", "surrogatepass")]
+    views = [(data, starts, [start + 1 for start in starts])]
+    for _ in range(_UNESCAPE_PASSES):
+        view = _unescaped(*views[-1])
+        if view is None:
+            break
+        views.append(view)
+    patterns = [*_SECRET_VALUES] if keys else []
+    forms = _secret_forms(tuple(secret for secret in secrets if secret))
+    if forms is not None:
+        patterns.append(forms)
+    spans = []
+    for view_data, view_starts, view_ends in views:
+        for pattern in patterns:
+            for match in pattern.finditer(view_data):
+                start, end = match.span("v") if "v" in pattern.groupindex else match.span()
+                if end > start:
+                    spans.append((view_starts[start], view_ends[end - 1]))
+    if not spans:
+        return text
+    out = []
+    position = 0
+    for start, end in sorted(spans):
+        if end <= position:
+            continue
+        out.append(text[position:start] if start > position else "")
+        if start >= position:
+            out.append("***")
+        position = max(position, end)
+    out.append(text[position:])
+    return "".join(out)
+
+
+def _unescaped(data: bytes, starts: list[int], ends: list[int]) -> tuple[bytes, list[int], list[int]] | None:
+    """``data`` with one level of escapes undone, with the source span of each
+    byte; None when it holds none."""
+    out = bytearray()
+    out_starts: list[int] = []
+    out_ends: list[int] = []
+    position = 0
+    for match in _ESCAPES.finditer(data):
+        begin, finish = match.span()
+        out += data[position:begin]
+        out_starts += starts[position:begin]
+        out_ends += ends[position:begin]
+        position = finish
+        high, low, code, simple, decimal, hexadecimal, name, percent = match.groups()
+        if high:
+            value = chr(0x10000 + ((int(high, 16) - 0xD800) << 10) + int(low, 16) - 0xDC00).encode()
+        elif code or decimal or hexadecimal:
+            number = int(code, 16) if code else int(decimal) if decimal else int(hexadecimal, 16)
+            value = chr(number).encode("utf-8", "surrogatepass") if number <= 0x10FFFF else match.group()
+        elif simple:
+            value = _JSON_ESCAPES[simple]
+        elif name:
+            import html.entities  # noqa: PLC0415 (only an escaped error body needs it)
+
+            entity = html.entities.html5.get(name.decode() + ";")
+            value = entity.encode("utf-8", "surrogatepass") if entity else match.group()
+        elif percent:
+            value = bytes((int(percent, 16),))
+        else:
+            value = b" "
+        out += value
+        out_starts += [starts[begin]] * len(value)
+        out_ends += [ends[finish - 1]] * len(value)
+    if not position:
+        return None
+    out += data[position:]
+    out_starts += starts[position:]
+    out_ends += ends[position:]
+    return bytes(out), out_starts, out_ends
+
+
+@functools.lru_cache(maxsize=32)
+def _secret_forms(secrets: tuple[str, ...]) -> re.Pattern[bytes] | None:
+    """One pattern for every form of ``secrets`` that a view of a text may hold."""
+    import base64  # noqa: PLC0415 (only masking needs it)
+
+    forms: set[bytes] = set()
+    for secret in secrets:
+        raw = secret.encode("utf-8", "surrogatepass")
+        forms.add(raw)
+        unescaped = raw
+        for _ in range(_UNESCAPE_PASSES):  # as _mask undoes escapes in the text, they are undone in the secret
+            view = _unescaped(unescaped, [0] * len(unescaped), [0] * len(unescaped))
+            if view is not None:
+                unescaped = view[0]
+        forms.add(unescaped)
+        forms.update(form.replace(b"+", b" ") for form in (raw, unescaped))
+        if len(raw) >= 4:
+            # In base64 the secret's bytes sit at one of three offsets; the
+            # characters made of its bits alone are the same whatever surrounds it.
+            for offset in range(3):
+                encoded = base64.b64encode(b"\0" * offset + raw)
+                core = encoded[(offset * 8 + 5) // 6 : (offset + len(raw)) * 8 // 6]
+                forms.update((core, core.translate(bytes.maketrans(b"+/", b"-_"))))
+    forms.discard(b"")
+    if not forms:
+        return None
+    return re.compile(b"|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True)))
+
+
+# -----------------------------------------------------------------------------
+# Decoding bodies: text, then JSON or XML
+# -----------------------------------------------------------------------------
+# A body is read as text first (UTF-8, unless a byte-order mark or an XML
+# declaration says UTF-16, ASCII or ISO-8859-1), so that every check below
+# sees characters, whatever encoding the server chose.
+
+_BOMS = (
+    (b"\xef\xbb\xbf", "utf-8"),
+    (b"\xff\xfe\x00\x00", "utf-32-le"),
+    (b"\x00\x00\xfe\xff", "utf-32-be"),
+    (b"\xff\xfe", "utf-16-le"),
+    (b"\xfe\xff", "utf-16-be"),
+)
+_XML_DECLARED = re.compile(rb"""\s*<\?xml[^>]{0,200}?\sencoding\s*=\s*["']([^"']{0,40})["']""")
+_XML_ENCODINGS = {
+    "utf-8": "utf-8", "utf8": "utf-8", "utf-16": "utf-16", "utf-16le": "utf-16", "utf-16be": "utf-16",
+    "us-ascii": "ascii", "ascii": "ascii", "iso-8859-1": "latin-1", "latin-1": "latin-1", "latin1": "latin-1",
+}
+#: Objects, lists (JSON) or elements and attributes (XML) a body may hold:
+#: Plex answers hold tens to a few thousand, and each costs memory once parsed.
+_MAX_NODES = 100_000
+# Plex documents are shallow; anything deeper is hostile or broken.
+_MAX_XML_DEPTH = 32
+_LONE_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _text(body: bytes, *, strict: bool) -> str:
+    """The body as text; with ``strict``, a body in an encoding plexauth does
+    not read raises _Invalid, else undecodable bytes become U+FFFD."""
+    errors = "strict" if strict else "replace"
+    codec = "utf-8"
+    for mark, name in _BOMS:
+        if body.startswith(mark):
+            codec, body = name, body[len(mark):]
+            break
+    else:
+        declared = _XML_DECLARED.match(body)
+        if declared:
+            codec = _XML_ENCODINGS.get(declared.group(1).strip().lower().decode("ascii", "replace"), "")
+            if codec == "utf-16":  # the declaration is readable, so it is not: only a byte-order mark says so
+                codec = "utf-8"
+            if not codec:
+                if strict:
+                    raise _Invalid("the XML is in an encoding plexauth does not read (only UTF-8, UTF-16, Latin-1)")
+                codec = "utf-8"
+    try:
+        text = body.decode(codec, errors)
+    except UnicodeDecodeError:
+        raise _Invalid(f"the body is not valid {codec.upper()}") from None
+    if strict and "\x00" in text:
+        # No JSON or XML holds one; UTF-16 without its byte-order mark does.
+        raise _Invalid("the body holds NUL characters")
+    return text
 
 
 def _parse(body: bytes) -> Any:
-    """Decode a JSON or XML body; XML gives ``{root_tag: node}``."""
-    start = body.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
-    if start in (b"{", b"["):
-        try:
-            return json.loads(body)
-        except json.JSONDecodeError as exc:
-            raise _Invalid(f"invalid JSON at line {exc.lineno}, column {exc.colno}") from None
-        except UnicodeDecodeError:
-            raise _Invalid("the JSON is not valid UTF-8") from None
-    if start == b"<":
-        if _XML_DECLARATIONS.search(body):
-            raise _Invalid("XML with a DTD or entities is refused")
-        from xml.etree import ElementTree  # noqa: PLC0415 (most answers are JSON)
+    """Decode a 2xx body, JSON or XML; XML gives ``{root_tag: node}``."""
+    return _parse_text(_text(body, strict=True))
 
+
+def _parse_text(text: str) -> Any:
+    start = text.lstrip(" \t\r\n")[:1]
+    if start in ("{", "["):
+        if text.count("{") + text.count("[") > _MAX_NODES:
+            raise _Invalid(f"the JSON holds more than {_MAX_NODES} objects and lists")
         try:
-            root = ElementTree.fromstring(body)  # noqa: S314 (DTDs and entities refused above)
-        except ElementTree.ParseError as exc:
-            line, column = exc.position
-            raise _Invalid(f"invalid XML at line {line}, column {column}") from None
-        return {root.tag: _xml_node(root, 0)}
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            position = (exc.lineno, exc.colno)
+        else:
+            if "\\u" in text and _LONE_SURROGATE_ESCAPE.search(text):
+                doc = _without_surrogates(doc)
+            return doc
+        raise _Invalid("invalid JSON at line {}, column {}".format(*position))
+    if start == "<":
+        return _parse_xml(text)
     raise _Invalid("the body is empty" if not start else "the body is neither JSON nor XML")
 
 
-def _error_details(body: bytes) -> tuple[int | None, str | None, tuple[Mapping[str, Any], ...]]:
-    """(code, message, entries) of a plex.tv error body, JSON or XML, if any."""
+def _without_surrogates(value: Any) -> Any:
+    """JSON's ``\\ud800`` escapes make strings that no file or terminal can take."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_without_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_surrogates(key): _without_surrogates(item) for key, item in value.items()}
+    return value
+
+
+def _parse_xml(text: str) -> Any:
+    """XML as its JSON twin: attributes become keys, repeated or
+    plural-wrapped children (``<roles><role/></roles>``) become lists.
+
+    Parsed from text, so expat ignores the declared encoding; a DTD, an
+    entity declaration or an external reference is refused whatever the
+    encoding, and the depth and the number of nodes are bounded.
+    """
+    from xml.parsers import expat  # noqa: PLC0415 (most answers are JSON)
+
+    parser = expat.ParserCreate()
+    parser.buffer_text = True
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    # Each open element: its tag, attributes, children as (tag, twin), and text.
+    stack: list[tuple[str, dict[str, str], list[tuple[str, Any]], list[str]]] = []
+    done: list[Any] = []
+    nodes = 0
+
+    def start(tag: str, attributes: dict[str, str]) -> None:
+        nonlocal nodes
+        nodes += 1 + len(attributes)
+        if nodes > _MAX_NODES:
+            raise _Invalid(f"the XML holds more than {_MAX_NODES} elements and attributes")
+        if len(stack) >= _MAX_XML_DEPTH:
+            raise _Invalid("the XML is nested too deeply")
+        stack.append((tag, attributes, [], []))
+
+    def end(tag: str) -> None:
+        tag, attributes, children, texts = stack.pop()
+        node = _xml_twin(tag, attributes, children, texts)
+        if stack:
+            stack[-1][2].append((tag, node))
+        else:
+            done.append({tag: node})
+
+    def characters(data: str) -> None:
+        stack[-1][3].append(data)  # expat reports text inside the root element only
+
+    def refuse(*args: Any) -> NoReturn:
+        raise _Invalid("XML with a DTD or entities is refused")
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = characters
+    parser.StartDoctypeDeclHandler = refuse
+    parser.EntityDeclHandler = refuse
+    parser.UnparsedEntityDeclHandler = refuse
+    parser.ExternalEntityRefHandler = refuse
     try:
-        doc = _parse(body)
+        parser.Parse(text, True)
+    except expat.ExpatError as exc:
+        position = (exc.lineno, exc.offset)
+    else:
+        return done[0]
+    raise _Invalid("invalid XML at line {}, column {}".format(*position))
+
+
+def _xml_twin(tag: str, attributes: dict[str, str], children: list[tuple[str, Any]], texts: list[str]) -> Any:
+    if children and all(child == children[0][0] for child, _ in children) and tag == children[0][0] + "s":
+        return [node for _, node in children]
+    if not children and not attributes:
+        return "".join(texts).strip() or {}
+    node: dict[str, Any] = dict(attributes)
+    groups: dict[str, list[Any]] = {}
+    for child, value in children:
+        groups.setdefault(child, []).append(value)
+    for child, values in groups.items():
+        node[child] = values[0] if len(values) == 1 else values
+    return node
+
+
+# -----------------------------------------------------------------------------
+# Answers that are not 2xx
+# -----------------------------------------------------------------------------
+
+
+def _error_details(text: str) -> tuple[int | None, str | None, tuple[Mapping[str, Any], ...]]:
+    """(code, message, entries) of a plex.tv error body, JSON or XML, if any.
+
+    Each entry keeps its plain members (code, message, status...): what a
+    server nests under them is in ``.body``, not in ``.errors``.
+    """
+    try:
+        doc = _parse_text(text)
     except (ValueError, RecursionError):
         return None, None, ()
     entries: list[Any] = []
@@ -1224,7 +1673,10 @@ def _error_details(body: bytes) -> tuple[int | None, str | None, tuple[Mapping[s
         found = doc.get("errors", doc.get("error"))
         entries = found if isinstance(found, list) else [found] if found else []
     errors = tuple(
-        item if isinstance(item, dict) else {"message": item} for item in entries if isinstance(item, (dict, str))
+        {key: value for key, value in item.items() if isinstance(value, (str, int, float, bool)) or value is None}
+        if isinstance(item, dict) else {"message": item}
+        for item in entries
+        if isinstance(item, (dict, str))
     )
     if not errors:
         return None, None, ()
@@ -1235,11 +1687,12 @@ def _error_details(body: bytes) -> tuple[int | None, str | None, tuple[Mapping[s
     return _int(first.get("code")), message, errors
 
 
-def _api_error(answer: _Answer, method: str, path: str, on_server: bool, secrets: tuple[str, ...]) -> APIError:
-    body = _mask(answer.body, secrets)[:_KEPT_ERROR_BODY]
-    code, message, errors = _error_details(body)
+def _api_error(answer: _Answer, request: _Request) -> APIError:
+    text = _mask(_text(answer.body, strict=False), request.secrets)
+    code, message, errors = _error_details(text)
+    body = text.encode("utf-8")[:_KEPT_ERROR_BODY]
     status = answer.status
-    kwargs: dict[str, Any] = {"method": method, "path": path, "errors": errors, "body": body}
+    kwargs: dict[str, Any] = {"method": request.method, "path": request.path, "errors": errors, "body": body}
     cls: type[APIError] = APIError
     if code == _CODE_TWO_FACTOR:
         cls = TwoFactorRequiredError
@@ -1248,13 +1701,18 @@ def _api_error(answer: _Answer, method: str, path: str, on_server: bool, secrets
         kwargs["retry_after"] = _retry_after(answer.headers)
     elif (
         status == 401
-        or (status == 403 and on_server)
+        or (status == 403 and request.on_server)
         or (status == 422 and (message or "").lower() == "invalid token")
     ):
         cls = UnauthorizedError
     elif status == 400:
         cls = BadRequestError
     return cls(status, code, message, **kwargs)
+
+
+# -----------------------------------------------------------------------------
+# Sending and decoding
+# -----------------------------------------------------------------------------
 
 
 def _send(
@@ -1267,17 +1725,20 @@ def _send(
     form: Mapping[str, str] | None = None,
     send_token: bool = True,
     secrets: tuple[str, ...] = (),
-) -> _Answer:
+    deadline: float | None = None,
+) -> tuple[_Answer, _Request]:
     """Send one operation's request and return its 2xx answer; any other
     status becomes an ``APIError``.
 
     Only GETs are retried (connection failures and 429/502/503/504, with
-    exponential backoff or the server's ``Retry-After`` up to a cap).
+    exponential backoff or the server's ``Retry-After`` up to a cap).  The
+    whole call, retries and their waits included, ends by
+    ``config.total_timeout`` (or the earlier ``deadline``).
     """
     prepared = _prepared(config)
+    ends = time.monotonic() + config.total_timeout
     base, base_path = prepared.origins[on_server]
     url = base + path
-    path = base_path + path
     if query:
         url += "?" + _query_string(tuple(query.items()))
     headers = prepared.headers[send_token]
@@ -1285,37 +1746,41 @@ def _send(
     if form is not None:
         body = urllib.parse.urlencode(form).encode("ascii")
         headers = {**headers, "Content-Type": "application/x-www-form-urlencoded"}
+    request = _Request(config, method, url, base_path + path, headers, body, on_server,
+                       (config.token or "", *secrets), ends if deadline is None else min(deadline, ends))
     tries = config.retries + 1 if method == "GET" else 1
     attempt = 0
     while True:
         attempt += 1
+        failure: PlexAuthError | None = None
         try:
-            answer = _fetch(prepared, method, url, headers, body, path)
-        except TransportError:
-            if attempt >= tries:
-                raise
-            wait = None
+            answer = _fetch(request)
+        except TransportError as exc:
+            failure, wait = exc, None
         else:
             if 200 <= answer.status < 300:
-                break
+                return answer, request
             wait = _retry_after(answer.headers)
-            if answer.status not in _RETRY_STATUSES or attempt >= tries or (wait or 0) > MAX_RETRY_WAIT_SECONDS:
-                raise _api_error(answer, method, path, on_server, (config.token or "", *secrets))
+            if answer.status not in _RETRY_STATUSES or (wait or 0) > MAX_RETRY_WAIT_SECONDS:
+                break
         delay = min(_BACKOFF_SECONDS * 2 ** (attempt - 1), MAX_RETRY_WAIT_SECONDS) if wait is None else wait
-        _log.debug("%s %s: try %d of %d failed, next in %.2f s", method, path, attempt, tries, delay)
+        if attempt == tries or time.monotonic() + delay >= request.deadline:
+            break
+        _log.debug("%s %s: try %d of %d failed, next in %.2f s", method, request.path, attempt, tries, delay)
         time.sleep(delay)
-    return answer
+    # Raised here, outside any except block: no exception of urllib3's rides along.
+    raise failure if failure is not None else _api_error(answer, request)
 
 
 def _call(config: Config, method: str, path: str, build: Callable[[Any], _T], **request: Any) -> _T:
     """``_send`` the request (``request`` holds its keyword arguments) and
     return ``build(decoded body)``; a body that does not fit is a ``ResponseError``."""
-    answer = _send(config, method, path, **request)
+    answer, sent = _send(config, method, path, **request)
     try:
         return build(_parse(answer.body))
     except (ValueError, RecursionError) as exc:
         reason = str(exc) if isinstance(exc, _Invalid) else "the body could not be decoded"
-        raise ResponseError(reason, status=answer.status, method=method, path=answer.path) from None
+    raise _response_error(sent, answer.status, reason)
 
 
 @functools.lru_cache(maxsize=64)
@@ -1356,8 +1821,10 @@ def _account(doc: Any) -> UserPlexAccount:
     return _build(UserPlexAccount, _unwrap(doc, "user"))
 
 
-def _pin(doc: Any) -> Pin:
-    return _build(Pin, _unwrap(doc, "pin"))
+def _check_flag(label: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{label} must be a bool, not {type(value).__name__}")
+    return value
 
 
 def _choice(enum_cls: Any, value: Any, name: str) -> str:
@@ -1418,7 +1885,7 @@ def get_source_connection_information(
         print(info.name, [c.uri for c in info.connections])
     """
     query = {"source": _check_text("source", source)}
-    if refresh:
+    if _check_flag("refresh", refresh):
         query["refresh"] = "1"
     return _call(config, "GET", "/security/resources", _source, on_server=True, query=query)
 
@@ -1469,7 +1936,7 @@ def post_users_sign_in_data(
     form = {
         "login": _check_text("login", login),
         "password": _check_text("password", password, secret=True),
-        "rememberMe": "true" if remember_me else "false",
+        "rememberMe": "true" if _check_flag("remember_me", remember_me) else "false",
     }
     if verification_code is not None:
         form["verificationCode"] = _check_text("verification_code", verification_code, secret=True)
@@ -1491,6 +1958,8 @@ def post_users_sign_in_data(
 
 
 def _check_pin(config: Config, pin: Pin) -> None:
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be a plexauth.Config, not {type(config).__name__}")
     if not isinstance(pin, Pin):
         raise TypeError(f"pin must be a plexauth.Pin (from create_pin), not {type(pin).__name__}")
     if isinstance(pin.id, bool) or not isinstance(pin.id, int):
@@ -1502,6 +1971,18 @@ def _check_pin(config: Config, pin: Pin) -> None:
         )
 
 
+def _pin_of(config: Config) -> Callable[[Any], Pin]:
+    """The decoder of plex.tv's PIN answers to ``config``."""
+
+    def build(doc: Any) -> Pin:
+        pin = _build(Pin, _unwrap(doc, "pin"))
+        if pin.client_identifier is not None and pin.client_identifier != config.client_identifier:
+            raise _Invalid("the PIN is for another client identifier")
+        return pin
+
+    return build
+
+
 def create_pin(config: Config, *, strong: bool = False) -> Pin:
     """Ask plex.tv for a PIN, the start of a sign-in without a password.
 
@@ -1510,8 +1991,8 @@ def create_pin(config: Config, *, strong: bool = False) -> Pin:
     ``pin_auth_url(config, pin)`` in a browser.  Then ``wait_for_pin`` gives
     the token.  Sent once, never retried, with no token.
 
-    Raises ``RateLimitedError``, ``APIError``, ``ResponseError`` or
-    ``TransportError``.
+    Raises ``RateLimitedError``, ``APIError``, ``ResponseError`` (also for a
+    PIN of another client identifier) or ``TransportError``.
 
     Example::
 
@@ -1519,8 +2000,8 @@ def create_pin(config: Config, *, strong: bool = False) -> Pin:
         print(f"Enter {pin.code} at https://plex.tv/link")
         config = dataclasses.replace(config, token=wait_for_pin(config, pin))
     """
-    query = {"strong": "true"} if strong else None
-    return _call(config, "POST", "/pins", _pin, on_server=False, query=query, send_token=False)
+    query = {"strong": "true"} if _check_flag("strong", strong) else None
+    return _call(config, "POST", "/pins", _pin_of(config), on_server=False, query=query, send_token=False)
 
 
 def check_pin(config: Config, pin: Pin) -> Pin:
@@ -1536,13 +2017,19 @@ def check_pin(config: Config, pin: Pin) -> Pin:
             print("not approved yet")
     """
     _check_pin(config, pin)
+    return _ask_about_pin(config, pin, None)
+
+
+def _ask_about_pin(config: Config, pin: Pin, deadline: float | None) -> Pin:
     try:
-        return _call(config, "GET", f"/pins/{pin.id}", _pin, on_server=False, send_token=False)
+        return _call(config, "GET", f"/pins/{pin.id}", _pin_of(config), on_server=False, send_token=False,
+                     deadline=deadline)
     except APIError as exc:
         if exc.status != 404:
             raise
-        raise PinExpiredError(f"{exc}: PIN {pin.id} has expired, or plex.tv does not know it",
-                              method=exc.method, path=exc.path) from exc
+        gone = exc
+    raise PinExpiredError(f"{gone}: PIN {pin.id} has expired, or plex.tv does not know it",
+                          method=gone.method, path=gone.path) from gone
 
 
 def wait_for_pin(config: Config, pin: Pin, *, timeout: float = 300.0, interval: float = 2.0) -> str:
@@ -1551,8 +2038,9 @@ def wait_for_pin(config: Config, pin: Pin, *, timeout: float = 300.0, interval: 
     Checks every ``interval`` seconds (never more than once a second),
     sleeping in between, and gives up with ``PinExpiredError`` when the next
     check would fall past ``timeout`` seconds from now or past the PIN's
-    ``expires_at``, or when plex.tv says the PIN expired.  Other errors are
-    those of ``check_pin``.
+    ``expires_at``, or when plex.tv says the PIN expired.  The whole wait,
+    checks included, ends within ``timeout``.  Other errors are those of
+    ``check_pin``.
 
     Example::
 
@@ -1573,7 +2061,12 @@ def wait_for_pin(config: Config, pin: Pin, *, timeout: float = 300.0, interval: 
     deadline = time.monotonic() + left
     token = pin.auth_token  # a PIN checked before may carry it already
     while token is None:
-        token = check_pin(config, pin).auth_token
+        try:
+            token = _ask_about_pin(config, pin, deadline).auth_token
+        except TransportError:
+            if time.monotonic() < deadline:
+                raise
+            token = None  # the wait's own deadline cut the check short
         if token is None:
             # Measured from the end of a check: the server never sees two closer than interval.
             if time.monotonic() + interval > deadline:
@@ -1658,6 +2151,16 @@ class _UsageError(Exception):
     """A problem with how the command was called: exit code 2."""
 
 
+class _Failure(Exception):
+    """A failure the command line explains in its own words: exit code 1."""
+
+
+def _with_token(config: Config, token: str) -> Config:
+    import dataclasses  # noqa: PLC0415 (only a command that revokes a new token needs it)
+
+    return dataclasses.replace(config, token=token)
+
+
 def _exit_code(exc: PlexAuthError) -> int:
     for cls, code in (
         (PinExpiredError, 8),
@@ -1683,36 +2186,38 @@ def _read_secret_file(path: str, what: str) -> str:
     return text
 
 
-def _write_private(path: str, text: str, *, replace: bool = True) -> bool:
+def _write_private(path: str, text: str, *, replace: bool = True) -> None:
     """Write ``text`` to ``path`` with mode 0600, atomically: readers see the
     old file or the whole new one.  With ``replace=False`` an existing file
-    wins (False is returned), so concurrent first runs agree on one content."""
-    directory = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    is kept, so that concurrent first runs agree on one content."""
+    import tempfile  # noqa: PLC0415 (only a command that keeps something needs it)
+
+    fd, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                                     prefix=f".{os.path.basename(path)}.", suffix=".tmp")  # mode 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as file:
-            os.fchmod(file.fileno(), 0o600)
             file.write(text + "\n")
             file.flush()
             os.fsync(file.fileno())
         if replace:
             os.replace(temporary, path)
-            return True
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            return False
-        return True
+        else:
+            os.link(temporary, path)  # fails if the file is there (another run made it): that one is kept
+    except FileExistsError:
+        pass
     finally:
         if os.path.lexists(temporary):
             os.unlink(temporary)
 
 
+def _config_folder() -> str:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "plexauth")
+
+
 def _kept_client_identifier() -> str:
     """The identifier kept for this user, made and kept on the first run."""
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    path = os.path.join(base, "plexauth", "client-id")
+    path = os.path.join(_config_folder(), "client-id")
     kept = _read_kept(path)
     if kept:
         return kept
@@ -1721,22 +2226,65 @@ def _kept_client_identifier() -> str:
     made = f"plexauth-{uuid.uuid4().hex}"
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        if not _write_private(path, made, replace=False):
-            return _read_kept(path) or made  # another run wrote it first
+        _check_private(os.path.dirname(path), folder=True)
+        _write_private(path, made, replace=False)
+        return _read_kept(path) or made  # this run's, or that of another run that wrote it first
     except OSError as exc:
         # A read-only home still works, but plex.tv sees a new device each run.
         _warn(f"cannot keep the client identifier in {path} ({exc.strerror}); set PLEX_CLIENT_IDENTIFIER")
     return made
 
 
+#: A kept file is a line of text; anything larger is not one of ours.
+_MAX_KEPT_BYTES = 4096
+
+
+def _check_private(path: str, *, folder: bool = False, fd: int | None = None) -> None:
+    """A usage error unless ``path`` is this user's own regular file (or
+    folder) that no other user can change: another user's file, or one that
+    others can write, could hand this program someone else's device."""
+    import stat  # noqa: PLC0415 (only kept files need it)
+
+    status = os.fstat(fd) if fd is not None else os.stat(path) if folder else os.lstat(path)
+    kind = "folder" if folder else "file"
+    wrong = None
+    if not (stat.S_ISDIR(status.st_mode) if folder else stat.S_ISREG(status.st_mode)):
+        wrong = "a symbolic link" if stat.S_ISLNK(status.st_mode) else f"not a regular {kind}"
+    elif status.st_uid != os.geteuid():
+        wrong = f"owned by another user (uid {status.st_uid})"
+    elif status.st_mode & 0o022:
+        wrong = f"writable by other users (mode {stat.S_IMODE(status.st_mode):04o})"
+    if wrong:
+        _refuse_kept(path, kind, wrong)
+
+
+def _refuse_kept(path: str, kind: str, wrong: str) -> NoReturn:
+    raise _UsageError(f"refusing the kept {kind} {path}: it is {wrong}; remove it, or set PLEX_CLIENT_IDENTIFIER")
+
+
 def _read_kept(path: str) -> str | None:
+    """A kept file's text, or None when there is none; never follows a link."""
     try:
-        with open(path, encoding="utf-8") as file:
-            return file.read().strip() or None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
-        _warn(f"cannot read {path} ({getattr(exc, 'strerror', None) or exc}); set PLEX_CLIENT_IDENTIFIER")
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
+            _check_private(path)
+        _warn(f"cannot read {path} ({exc.strerror}); set PLEX_CLIENT_IDENTIFIER")
+        return None
+    try:
+        _check_private(path, fd=fd)
+        _check_private(os.path.dirname(path), folder=True)
+        data = os.read(fd, _MAX_KEPT_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > _MAX_KEPT_BYTES:
+        _refuse_kept(path, "file", f"larger than {_MAX_KEPT_BYTES} bytes")
+    try:
+        return data.decode("utf-8").strip() or None
+    except UnicodeDecodeError:
+        _warn(f"cannot read {path} (not UTF-8 text); set PLEX_CLIENT_IDENTIFIER")
         return None
 
 
@@ -1783,11 +2331,20 @@ def _sign_in_credentials(args: Any) -> tuple[str, str]:
 
 
 def _show(args: Any, data: dict[str, Any], lines: list[str]) -> None:
-    if args.json:
-        print(json.dumps(data, indent=2, default=str))
-    else:
-        print("\n".join(lines))
-    sys.stdout.flush()
+    """Print a command's result: what the server sent, with the run's own
+    secrets masked (a server may echo them anywhere)."""
+    text = json.dumps(data, indent=2, default=str) if args.json else "\n".join(lines)
+    _emit(sys.stdout, _mask(text, tuple(args.secrets), keys=False))
+
+
+def _emit(stream: Any, text: str) -> None:
+    """Write a line that a terminal of any encoding can take."""
+    try:
+        stream.write(text + "\n")
+    except UnicodeEncodeError:
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        stream.write((text + "\n").encode(encoding, "backslashreplace").decode(encoding))
+    stream.flush()
 
 
 def _account_summary(account: UserPlexAccount) -> tuple[dict[str, Any], list[str]]:
@@ -1826,19 +2383,31 @@ def _check_save_target(path: str | None) -> None:
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
             raise _UsageError(f"cannot write {path}: {folder} is not a folder this user can write to")
+        if os.path.lexists(path) and (os.path.islink(path) or not os.path.isfile(path)):
+            raise _UsageError(f"cannot write {path}: it is not a regular file (a folder, a link...)")
 
 
-def _save_token(path: str, token: str) -> None:
+def _save_token(config: Config, path: str, token: str) -> None:
+    """Write a token made by this run to ``path``; if that fails, revoke it
+    rather than leave a working token that nobody has."""
     try:
         _write_private(path, token)
-    except OSError as exc:  # named after the file asked for, not the temporary one
-        raise OSError(exc.errno, exc.strerror, path) from None
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        try:
+            sign_out(_with_token(config, token))
+        except PlexAuthError:
+            fate = "it could not be revoked either: remove the device in the Plex app's settings"
+        else:
+            fate = "it was revoked, so that no working token is left behind; sign in again"
+        raise _Failure(f"cannot write the new token to {path} ({why}); {fate}") from None
     print(f"plexauth: token saved to {path}", file=sys.stderr)
 
 
 def _cmd_sign_in(args: Any, config: Config) -> int:
     _check_save_target(args.save_token)
     login, password = _sign_in_credentials(args)
+    args.secrets += [password, args.code or ""]
     try:
         account = post_users_sign_in_data(
             config, login, password, verification_code=args.code, remember_me=args.remember_me
@@ -1847,10 +2416,11 @@ def _cmd_sign_in(args: Any, config: Config) -> int:
         if args.code is not None or not _stdin_is_tty():
             raise
         code = _hidden("Verification code: ").strip()
+        args.secrets.append(code)
         account = post_users_sign_in_data(config, login, password, verification_code=code,
                                           remember_me=args.remember_me)
     if args.save_token:
-        _save_token(args.save_token, account.auth_token)
+        _save_token(config, args.save_token, account.auth_token)
     if args.json:
         data, _ = _account_summary(account)
         if args.show_token:
@@ -1906,7 +2476,7 @@ def _cmd_link(args: Any, config: Config) -> int:
         print(f"plexauth: go to {_LINK_URL} and enter the code {pin.code}{until}", file=sys.stderr, flush=True)
     token = wait_for_pin(config, pin, timeout=wait)
     if args.save_token:
-        _save_token(args.save_token, token)
+        _save_token(config, args.save_token, token)
     else:
         _show(args, {"authToken": token}, [token])
     return 0
@@ -1938,6 +2508,8 @@ def _parser() -> Any:
                        help="read the token from FILE (PLEX_TOKEN_FILE; else PLEX_TOKEN)")
     group.add_argument("--client-id", metavar="ID", default=argparse.SUPPRESS,
                        help="X-Plex-Client-Identifier (PLEX_CLIENT_IDENTIFIER; else one kept for this user)")
+    group.add_argument("--total-timeout", metavar="SECONDS", type=float, default=argparse.SUPPRESS,
+                       help="most seconds a request may take in all, retries included (default 60)")
     group.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
     group.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                        help="DEBUG logs (secrets stay hidden) and tracebacks on stderr")
@@ -2021,6 +2593,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     verbose = getattr(args, "verbose", False)
     args.json = getattr(args, "json", False)
+    args.secrets = []  # what this run must never print: its token, password and code
     # Handlers on our loggers, not basicConfig: main() may run inside a bigger program.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
@@ -2031,25 +2604,33 @@ def main(argv: list[str] | None = None) -> int:
         logger.setLevel(logging.DEBUG)
     try:
         return _run(args)
-    except _UsageError as exc:
-        print(f"plexauth: error: {exc}", file=sys.stderr)
-        return 2
-    except PlexAuthError as exc:
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
         if verbose:
             import traceback  # noqa: PLC0415
 
             traceback.print_exc(file=sys.stderr)
-        print(f"plexauth: error: {exc}", file=sys.stderr)
-        return _exit_code(exc)
-    except OSError as exc:  # writing --save-token
-        print(f"plexauth: error: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+        code, text = _explained(exc, verbose)
+        _emit(sys.stderr, f"plexauth: error: {_mask(text, tuple(args.secrets))}")
+        return code
     finally:
         for logger, level in zip(loggers, levels):
             logger.removeHandler(handler)
             logger.setLevel(level)
+
+
+def _explained(exc: Exception, verbose: bool) -> tuple[int, str]:
+    """The exit code and the one line that tell what went wrong."""
+    if isinstance(exc, _UsageError):
+        return 2, str(exc)
+    if isinstance(exc, PlexAuthError):
+        return _exit_code(exc), str(exc)
+    if isinstance(exc, _Failure):
+        return 1, str(exc)
+    # A bug, or something not foreseen: its text may hold anything, so only its kind.
+    hint = "" if verbose else "; run again with -v to see where"
+    return 1, f"unexpected {type(exc).__name__}{hint}"
 
 
 def _run(args: Any) -> int:
@@ -2061,6 +2642,7 @@ def _run(args: Any) -> int:
             ("plex_tv_url", "plex_tv_url"),
             ("client_id", "client_identifier"),
             ("timeout", "timeout"),
+            ("total_timeout", "total_timeout"),
         )
         if hasattr(args, option)  # given on the command line
     }
@@ -2077,6 +2659,7 @@ def _run(args: Any) -> int:
         raise _UsageError(str(exc)) from None
     if config.token is None and args.needs_token:
         raise _UsageError("no token: set PLEX_TOKEN or PLEX_TOKEN_FILE, or use --token-file (never an argument)")
+    args.secrets.append(config.token or "")
     result: int = args.run(args, config)
     return result
 
