@@ -24,6 +24,8 @@ plexauth --help`` (or ``python plexauth.py --help`` when vendored).
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import datetime
 import enum
 import errno
@@ -37,6 +39,7 @@ import math
 import os
 import re
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -569,9 +572,16 @@ def _time(value: Any) -> datetime.datetime | None:
     return None
 
 
+def _token(value: Any) -> str | None:
+    """A token: text that can travel in a header (none other can be used, or
+    revoked).  A pending PIN's token is null in JSON and "" in XML."""
+    if not isinstance(value, str) or not value.strip() or _CONTROL_CHARS.search(value) or not _is_text(value):
+        return None
+    return value
+
+
 def _nonempty(value: Any) -> str | None:
-    # A pending PIN's token is null in JSON and "" in XML; a PIN's code or an
-    # account's token must have something in it.
+    # A PIN's code, an account's uuid: "" is as good as missing.
     return value if isinstance(value, str) and value else None
 
 
@@ -687,7 +697,7 @@ class SourceConnectionInformation(_Record):
 
     name: str | None = _field("name", _str)
     client_identifier: str | None = _field("clientIdentifier", _str)
-    access_token: str | None = _field("accessToken", _str, secret=True)
+    access_token: str | None = _field("accessToken", _token, secret=True)
     connections: tuple[Connection, ...] = _field("Connection", _many(Connection), default=())
     raw: Mapping[str, Any] = _spec(default_factory=dict, repr=False, compare=False)
 
@@ -748,7 +758,7 @@ class UserPlexAccount(_Record):
     id: int = _field("id", _int, required=True)
     uuid: str = _field("uuid", _nonempty, required=True)
     username: str = _field("username", _str, required=True)
-    auth_token: str = _field("authToken", _nonempty, required=True, secret=True)
+    auth_token: str = _field("authToken", _token, required=True, secret=True)
     title: str | None = _field("title", _str)
     email: str | None = _field("email", _str)
     friendly_name: str | None = _field("friendlyName", _str)
@@ -803,7 +813,7 @@ class Pin(_Record):
     code: str = _field("code", _nonempty, required=True)
     client_identifier: str | None = _field("clientIdentifier", _str)
     expires_at: datetime.datetime | None = _field("expiresAt", _time)
-    auth_token: str | None = _field("authToken", _nonempty, secret=True)
+    auth_token: str | None = _field("authToken", _token, secret=True)
     raw: Mapping[str, Any] = _spec(default_factory=dict, repr=False, compare=False)
 
 
@@ -989,15 +999,29 @@ class _DeadlineReader(io.RawIOBase):
         self._raw = sock.makefile("rb", buffering=0)  # keeps the socket open while read, as http.client's does
         self._sock = sock
         self._deadline = deadline
-        self._timeout = sock.gettimeout()
+        self._timeout: float | None = sock.gettimeout() or 1.0  # urllib3 sets one; never "wait forever"
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int | None:
-        left = _seconds_left(self._deadline)
-        self._sock.settimeout(left if self._timeout is None else min(self._timeout, left))
+        if self._timeout is not None:  # else: waiting() asks what is here, without waiting
+            self._sock.settimeout(min(self._timeout, _seconds_left(self._deadline)))
         return self._raw.readinto(buffer)
+
+    def waiting(self, reader: io.BufferedReader) -> bool:
+        """Whether bytes are here already, beyond those read: in ``reader``'s
+        buffer, inside TLS (decrypted, which the socket does not show), or in
+        the socket."""
+        timeout, self._timeout = self._timeout, None
+        self._sock.settimeout(0)
+        try:
+            return bool(reader.peek(1))
+        except (OSError, ValueError):  # nothing to read now (ssl.SSLWantReadError), or closed
+            return False
+        finally:
+            self._timeout = timeout
+            self._sock.settimeout(timeout)
 
     def close(self) -> None:
         self._raw.close()
@@ -1020,7 +1044,9 @@ class _Response(http.client.HTTPResponse):
     def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
         super().__init__(sock, *args, **kwargs)
         self.fp.close()  # replaced by a reader that keeps to the deadline
-        self.fp = io.BufferedReader(_DeadlineReader(sock, _local.deadline))
+        self._reader = _DeadlineReader(sock, _local.deadline)
+        self._socket = sock
+        self.fp = io.BufferedReader(self._reader)
 
     def _read_status(self) -> tuple[str, int, str]:
         for _ in range(_MAX_INTERIM_ANSWERS + 1):
@@ -1036,9 +1062,19 @@ class _Response(http.client.HTTPResponse):
             urllib3.util.response.assert_header_parsing(self.msg)
         except urllib3.exceptions.HeaderParsingError:
             raise _Unusable("the answer has header lines that cannot be parsed") from None
-        announced = self.msg.get("Transfer-Encoding") or self.msg.get("Content-Length", "0").strip() != "0"
-        if self.length == 0 and announced:
+        if self.status in (204, 304):
+            # They have no body; one sent anyway (announced or not, now or a
+            # little later) would be read as the next request's answer.
             self.will_close = True
+
+    def _close_conn(self) -> None:
+        # The answer was read to its end.  Anything already here beyond it
+        # was not asked for: the connection must not carry it to the next
+        # request, so it is shut, and the pool replaces it.
+        if self.fp is not None and self._reader.waiting(self.fp):
+            with contextlib.suppress(OSError):
+                self._socket.shutdown(socket.SHUT_RDWR)
+        super()._close_conn()  # type: ignore[misc]
 
 
 class _HTTPConnection(urllib3.connection.HTTPConnection):
@@ -1057,15 +1093,36 @@ class _HTTPSConnectionPool(urllib3.HTTPSConnectionPool):
     ConnectionCls = _HTTPSConnection
 
 
+class _TLSContext(ssl.SSLContext):
+    """TLS settings in which OpenSSL checks the server's name during the
+    handshake.  urllib3 1.26 checks names itself, and when one does not match
+    it logs the certificate, which a server may fill with what it was sent;
+    for an IP address it does not even pass the name on, so it is taken from
+    the socket's peer here."""
+
+    def wrap_socket(self, sock: socket.socket, server_side: bool = False, do_handshake_on_connect: bool = True,
+                    suppress_ragged_eofs: bool = True, server_hostname: str | bytes | None = None,
+                    session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
+        return super().wrap_socket(sock, server_side, do_handshake_on_connect, suppress_ragged_eofs,
+                                   server_hostname or sock.getpeername()[0], session)
+
+
 def _pool(verify: bool | str) -> urllib3.PoolManager:
     """The module's pool for this TLS setting, made on first use."""
     with _pools_lock:
         pool = _pools.get(verify)
         if pool is None:
-            tls: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED" if verify else "CERT_NONE"}
-            if isinstance(verify, str):
-                tls["ca_certs"] = verify
-            pool = urllib3.PoolManager(num_pools=16, maxsize=8, **tls)
+            context = _TLSContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, and checks names
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            if verify is False:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            elif verify is True:
+                context.load_default_certs()
+            else:
+                context.load_verify_locations(cafile=verify)
+            pool = urllib3.PoolManager(num_pools=16, maxsize=8, ssl_context=context,
+                                       cert_reqs="CERT_REQUIRED" if verify else "CERT_NONE")
             pool.pool_classes_by_scheme = {"http": _HTTPConnectionPool, "https": _HTTPSConnectionPool}
             _pools[verify] = pool
         return pool
@@ -1079,7 +1136,7 @@ def _header_text(value: str) -> str:
 class _Prepared:
     """What every request made with one Config shares, worked out once."""
 
-    __slots__ = ("headers", "origins", "pool")
+    __slots__ = ("headers", "origins")
 
     def __init__(self, config: Config) -> None:
         plain = {"Accept": "application/json", "User-Agent": f"plexauth/{__version__}"}
@@ -1097,7 +1154,6 @@ class _Prepared:
             (base.rstrip("/"), (urllib3.util.parse_url(base).path or "").rstrip("/"))
             for base in (config.plex_tv_url, config.server_url)
         )
-        self.pool = _pool(config.verify)
 
 
 def _prepared(config: Config) -> _Prepared:
@@ -1114,7 +1170,7 @@ def _prepared(config: Config) -> _Prepared:
 class _Request:
     """One operation's request, as it goes through the core."""
 
-    __slots__ = ("body", "config", "deadline", "headers", "method", "on_server", "path", "pool", "secrets", "url")
+    __slots__ = ("body", "config", "deadline", "headers", "method", "on_server", "path", "secrets", "url")
 
     def __init__(self, config: Config, method: str, url: str, path: str, headers: dict[str, str],
                  body: bytes | None, on_server: bool, secrets: tuple[str, ...], deadline: float) -> None:
@@ -1127,10 +1183,9 @@ class _Request:
         self.on_server = on_server
         self.secrets = secrets  # what the server may echo, to be masked in all it sends back
         self.deadline = deadline  # time.monotonic() by which the whole call ends
-        self.pool = _prepared(config).pool
 
     def failed(self, reason: str) -> TransportError:
-        return TransportError(_mask(reason, self.secrets), method=self.method, path=self.path)
+        return TransportError(_shown(reason, self.secrets), method=self.method, path=self.path)
 
 
 class _Answer:
@@ -1152,8 +1207,8 @@ def _describe(exc: BaseException) -> str:
         kind = "could not connect"
     elif isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
         kind = "timed out"
-    elif isinstance(exc, urllib3.exceptions.SSLError):
-        kind = "TLS failed"
+    elif isinstance(exc, (urllib3.exceptions.SSLError, ssl.SSLError)):
+        kind = "TLS failed"  # ssl's own: a CA bundle that cannot be loaded
     elif isinstance(exc, urllib3.exceptions.ProtocolError):
         kind = "connection broken"
     seen = set()
@@ -1193,7 +1248,7 @@ def _exchange(request: _Request, url: str, headers: dict[str, str]) -> _Answer:
     _local.deadline = request.deadline
     try:
         timeout = min(request.config.timeout, _seconds_left(request.deadline))
-        response = request.pool.urlopen(
+        response = _pool(request.config.verify).urlopen(
             request.method,
             url,
             body=request.body,
@@ -1261,11 +1316,16 @@ def _response_error(request: _Request, status: int, reason: str) -> ResponseErro
     return ResponseError(reason, status=status, method=request.method, path=request.path)
 
 
+#: gzip lets a body be several members in a row; a few are plenty.
+_MAX_GZIP_MEMBERS = 8
+
+
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes | str:
     """``body`` undone from one gzip or deflate layer, or why it cannot be.
 
     The output is bounded as it is made (a few KB of gzip can hold gigabytes),
-    and encodings that were not asked for (stacked, or unknown) are refused.
+    encodings that were not asked for (stacked, or unknown) are refused, and
+    so are gzip bodies of many members (each costs a copy of the rest).
     """
     wbits: tuple[int, ...]
     if encoding in ("gzip", "x-gzip"):
@@ -1276,7 +1336,7 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes | str:
         return "the body is in a Content-Encoding plexauth does not read (only one gzip or deflate layer)"
     for bits in wbits:
         out: list[bytes] = []
-        size = 0
+        size = members = 0
         data = body
         decompressor = zlib.decompressobj(bits)
         try:
@@ -1287,7 +1347,10 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes | str:
                 if size > limit:
                     return f"the body is larger than {limit} bytes once decompressed"
                 data = decompressor.unconsumed_tail
-                if decompressor.eof and decompressor.unused_data:  # another gzip member follows
+                if decompressor.eof and decompressor.unused_data:
+                    members += 1
+                    if encoding == "deflate" or members >= _MAX_GZIP_MEMBERS:  # deflate is one stream
+                        return "the body does not match its Content-Encoding"
                     data = decompressor.unused_data
                     decompressor = zlib.decompressobj(bits)
         except zlib.error:
@@ -1319,7 +1382,7 @@ def _fetch(request: _Request) -> _Answer:
 def _redirect_target(request: _Request, url: str, location: str | None) -> str | None:
     if not location:
         return None
-    if _mask(location, request.secrets) != location:
+    if _shown(location, request.secrets) != location:
         # urllib3 would log the address, and the token would sit in a URL.
         _log.debug("%s %s: not redirected to an address that holds a secret", request.method, request.path)
         return None
@@ -1343,68 +1406,152 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
+    except (TypeError, ValueError, IndexError, OverflowError):  # a date no calendar has
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
 
 
 # -----------------------------------------------------------------------------
 # Masking what a server sends back
 # -----------------------------------------------------------------------------
 # A server may echo a secret of the request (the token, the password, the
-# code) in an error body, a header or a reason, raw or in any of the forms
-# below.  _mask looks for it in the text as sent and with every escape undone
-# (up to four times over: a percent-encoded secret in a JSON string in an
-# XML attribute is three), and blanks the text it came from.
+# code) in an error body, a header or a reason, raw or escaped in any of the
+# ways below, or several of them stacked.  _mask finds it in the text and in
+# views of it with one more level of escapes undone each (up to four: a
+# percent-encoded secret in a JSON string in an XML attribute is three), and
+# blanks the text it came from.  What _mask cannot place (a secret split by
+# markup, spread by NULs or line breaks, in text decoded with the wrong
+# charset) _reveals still finds: shown text that does is withheld whole.
 
 _UNESCAPE_PASSES = 4
-
 _ESCAPES = re.compile(
-    rb"\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})"  # JSON, a surrogate pair
-    rb"|\\u([0-9a-fA-F]{4})|\\([\"\\/bfnrt])"  # JSON
-    rb"|&#([0-9]{1,7});|&#[xX]([0-9a-fA-F]{1,6});|&([A-Za-z][A-Za-z0-9]{1,31});"  # XML and HTML
-    rb"|%([0-9a-fA-F]{2})|\+"  # percent-encoding, + for a space
+    r"\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})"  # JSON, a surrogate pair
+    r"|\\u([0-9a-fA-F]{4})|\\([\"\\/bfnrt])"  # JSON
+    r"|&#0*([0-9]{1,7});?|&#[xX]0*([0-9a-fA-F]{1,6});?|&([A-Za-z][A-Za-z0-9]{1,31};?)"  # XML and HTML
+    r"|((?:%[0-9a-fA-F]{2}){1,64})|(\+)"  # percent-encoding (a bounded run: re keeps a stack per repeat), + for a space
 )
-_JSON_ESCAPES = {b'"': b'"', b"\\": b"\\", b"/": b"/", b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t"}
+_JSON_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 # Values under keys ending in these names (authToken, accessToken, token,
 # secret, password...) are secrets wherever a server puts them, even in an
 # error body; an unterminated value (a cut body) is masked to its end.
-_SECRET_KEY = rb"(?:[Tt]oken|TOKEN|[Ss]ecret|[Pp]assword|verificationCode|[Pp]in|PIN)"
-_SECRET_VALUES = (
-    re.compile(rb'"[^"\\]{0,64}?' + _SECRET_KEY + rb'"\s*:\s*"(?P<v>(?:[^"\\]|\\.?)*)'),  # JSON
-    re.compile(rb"(?<![\w.:-])[\w.:-]{0,64}?" + _SECRET_KEY + rb"\s*=\s*([\"'])(?P<v>(?:(?!\1).)*)", re.DOTALL),  # XML
-    re.compile(rb"(?<![\w.:-])[\w.:-]{0,64}?" + _SECRET_KEY + rb"=(?P<v>[^\s&\"'<>;,]+)"),  # a query string
+_SECRET_KEY = r"(?:[Tt]oken|TOKEN|[Ss]ecret|[Pp]assword|verificationCode|[Pp]in|PIN)"  # noqa: S105 (names)
+_SECRET_KEYS = (  # where a value starts; it ends at its closing quote, or a separator
+    re.compile(r'"[^"\\]{0,64}?' + _SECRET_KEY + r'"\s*:\s*"'),  # JSON
+    re.compile(r"(?<![\w.:-])[\w.:-]{0,64}?" + _SECRET_KEY + r"\s*=\s*[\"']"),  # XML
+    re.compile(r"(?<![\w.:-])[\w.:-]{0,64}?" + _SECRET_KEY + r"=(?=[^\s&\"'<>;,])"),  # a query string
 )
+_QUERY_VALUE_END = re.compile(r"[\s&\"'<>;,]")
+# A literal stretch shorter than this, between escapes, joins them in one
+# span: a view of a text full of escapes then keeps few spans, at the cost of
+# masking a little more around a secret found there.
+_SHORT_STRETCH = 16
 
 
-def _mask(text: str, secrets: tuple[str, ...], *, keys: bool = True) -> str:
-    """``text`` with ``secrets``, and (with ``keys``) the values of
-    secret-looking keys, replaced by ``***``: raw, JSON- or XML/HTML-escaped,
-    percent-encoded, in base64, or any mix of these."""
-    data = text.encode("utf-8", "surrogatepass")
-    if text.isascii():
-        starts = list(range(len(text)))
-    else:
-        starts = [i for i, char in enumerate(text) for _ in char.encode("utf-8", "surrogatepass")]
-    views = [(data, starts, [start + 1 for start in starts])]
+class _View:
+    """A text with one more level of escapes undone than ``parent``'s, and
+    for each of its stretches the span of ``parent``'s text it came from."""
+
+    def __init__(self, text: str, parent: _View | None = None, spans: Any = None) -> None:
+        self.text = text
+        self.parent = parent
+        # spans[k] = (start here, start in parent, end in parent, literal?); in a
+        # literal stretch characters map one to one, else each to the whole span.
+        self.spans: list[tuple[int, int, int, bool]] = spans or []
+        self._starts = [span[0] for span in self.spans]
+
+    def source(self, start: int, end: int) -> tuple[int, int]:
+        """The span of the original text that [start, end) of this view came from."""
+        if self.parent is None:
+            return start, end
+        first = self.spans[bisect.bisect_right(self._starts, start) - 1]
+        last = self.spans[bisect.bisect_right(self._starts, end - 1) - 1]
+        begin = first[1] + (start - first[0]) if first[3] else first[1]
+        finish = last[1] + (end - last[0]) if last[3] else last[2]
+        return self.parent.source(begin, finish)
+
+    def moved(self, start: int, end: int) -> bool:
+        """Whether [start, end) came from text of another length (it held escapes)."""
+        source_start, source_end = self.source(start, end)
+        return source_end - source_start != end - start
+
+    def unescaped(self) -> _View | None:
+        """This text with one level of escapes undone; None when it holds none."""
+        text = self.text
+        spans: list[tuple[int, int, int, bool]] = []
+        out = io.StringIO()  # not a list of pieces: a text of many escapes would make millions
+        length = position = 0
+        for match in _ESCAPES.finditer(text):
+            begin, finish = match.span()
+            value = _unescape(match)
+            escape = (match.group(), begin, True) if value is None else (value, begin, False)
+            for stretch, source, literal in ((text[position:begin], position, True), escape):
+                if not stretch:
+                    continue
+                end = source + (len(stretch) if literal else finish - begin)
+                if spans and not spans[-1][3] and (not literal or len(stretch) < _SHORT_STRETCH):
+                    spans[-1] = (spans[-1][0], spans[-1][1], end, False)
+                else:
+                    spans.append((length, source, end, literal))
+                out.write(stretch)
+                length += len(stretch)
+            position = finish
+        if not spans or all(literal for *_, literal in spans):
+            return None
+        if position < len(text):
+            spans.append((length, position, len(text), True))
+            out.write(text[position:])
+        return _View(out.getvalue(), self, spans)
+
+
+def _unescape(match: re.Match[str]) -> str | None:
+    """What one escape stands for; None for one that stands for nothing."""
+    high, low, code, simple, decimal, hexadecimal, name, percent, plus = match.groups()
+    if high:
+        return chr(0x10000 + ((int(high, 16) - 0xD800) << 10) + int(low, 16) - 0xDC00)
+    if code or decimal or hexadecimal:
+        number = int(code, 16) if code else int(decimal) if decimal else int(hexadecimal, 16)
+        return chr(number) if number <= 0x10FFFF else None
+    if simple:
+        return _JSON_ESCAPES[simple]
+    if name:
+        import html.entities  # noqa: PLC0415 (only an escaped text needs it)
+
+        # HTML reads the longest known name, even without its ";".
+        for end in range(len(name), 1, -1):
+            if name[:end] in html.entities.html5:
+                return html.entities.html5[name[:end]] + name[end:]
+        return None
+    if percent:
+        return bytes.fromhex(percent.replace("%", "")).decode("utf-8", "replace")
+    return " " if plus else None
+
+
+def _views(text: str) -> list[_View]:
+    views = [_View(text)]
     for _ in range(_UNESCAPE_PASSES):
-        view = _unescaped(*views[-1])
+        view = views[-1].unescaped()
         if view is None:
             break
         views.append(view)
-    patterns = [*_SECRET_VALUES] if keys else []
+    return views
+
+
+def _mask(text: str, secrets: tuple[str, ...], *, keys: bool = True, views: list[_View] | None = None) -> str:
+    """``text`` with ``secrets``, and (with ``keys``) the values of
+    secret-looking keys, replaced by ``***``: raw, JSON- or XML/HTML-escaped,
+    percent-encoded, in base64, or any mix of these.  ``views``: the text's, if
+    worked out already."""
     forms = _secret_forms(tuple(secret for secret in secrets if secret))
-    if forms is not None:
-        patterns.append(forms)
-    spans = []
-    for view_data, view_starts, view_ends in views:
-        for pattern in patterns:
-            for match in pattern.finditer(view_data):
-                start, end = match.span("v") if "v" in pattern.groupindex else match.span()
-                if end > start:
-                    spans.append((view_starts[start], view_ends[end - 1]))
+    spans: list[tuple[int, int]] = []
+    for view in views or _views(text):
+        found = [match.span() for match in forms.finditer(view.text)] if forms else []
+        if keys:
+            # Past the text itself, only keys that were escaped count: undone
+            # escapes in a value would move where it seems to end.
+            found += (value for key, value in _secret_values(view.text) if view.parent is None or view.moved(*key))
+        spans += (view.source(start, end) for start, end in found if end > start)
     if not spans:
         return text
     out = []
@@ -1412,82 +1559,125 @@ def _mask(text: str, secrets: tuple[str, ...], *, keys: bool = True) -> str:
     for start, end in sorted(spans):
         if end <= position:
             continue
-        out.append(text[position:start] if start > position else "")
         if start >= position:
-            out.append("***")
-        position = max(position, end)
+            out += [text[position:start], "***"]
+        position = end
     out.append(text[position:])
     return "".join(out)
 
 
-def _unescaped(data: bytes, starts: list[int], ends: list[int]) -> tuple[bytes, list[int], list[int]] | None:
-    """``data`` with one level of escapes undone, with the source span of each
-    byte; None when it holds none."""
-    out = bytearray()
-    out_starts: list[int] = []
-    out_ends: list[int] = []
-    position = 0
-    for match in _ESCAPES.finditer(data):
-        begin, finish = match.span()
-        out += data[position:begin]
-        out_starts += starts[position:begin]
-        out_ends += ends[position:begin]
-        position = finish
-        high, low, code, simple, decimal, hexadecimal, name, percent = match.groups()
-        if high:
-            value = chr(0x10000 + ((int(high, 16) - 0xD800) << 10) + int(low, 16) - 0xDC00).encode()
-        elif code or decimal or hexadecimal:
-            number = int(code, 16) if code else int(decimal) if decimal else int(hexadecimal, 16)
-            value = chr(number).encode("utf-8", "surrogatepass") if number <= 0x10FFFF else match.group()
-        elif simple:
-            value = _JSON_ESCAPES[simple]
-        elif name:
-            import html.entities  # noqa: PLC0415 (only an escaped error body needs it)
+def _secret_values(text: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Where the keys that look secret and their values are in ``text`` (JSON,
+    XML, a query); a value that does not end (a cut body) runs to the end."""
+    spans = []
+    for kind, pattern in enumerate(_SECRET_KEYS):
+        for match in pattern.finditer(text):
+            start = match.end()
+            if kind == 0:
+                end = _json_string_end(text, start)
+            elif kind == 1:
+                end = text.find(text[start - 1], start)
+            else:
+                after = _QUERY_VALUE_END.search(text, start)
+                end = after.start() if after else -1
+            spans.append((match.span(), (start, len(text) if end < 0 else end)))
+    return spans
 
-            entity = html.entities.html5.get(name.decode() + ";")
-            value = entity.encode("utf-8", "surrogatepass") if entity else match.group()
-        elif percent:
-            value = bytes((int(percent, 16),))
-        else:
-            value = b" "
-        out += value
-        out_starts += [starts[begin]] * len(value)
-        out_ends += [ends[finish - 1]] * len(value)
-    if not position:
-        return None
-    out += data[position:]
-    out_starts += starts[position:]
-    out_ends += ends[position:]
-    return bytes(out), out_starts, out_ends
+
+def _json_string_end(text: str, start: int) -> int:
+    """Where the JSON string that starts at ``start`` ends (its closing quote), or -1."""
+    position = start
+    while True:
+        quote = text.find('"', position)
+        if quote < 0:
+            return -1
+        before = quote - 1
+        while before >= start and text[before] == "\\":
+            before -= 1
+        if (quote - 1 - before) % 2 == 0:  # not escaped
+            return quote
+        position = quote + 1
 
 
 @functools.lru_cache(maxsize=32)
-def _secret_forms(secrets: tuple[str, ...]) -> re.Pattern[bytes] | None:
+def _secret_forms(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
     """One pattern for every form of ``secrets`` that a view of a text may hold."""
     import base64  # noqa: PLC0415 (only masking needs it)
 
-    forms: set[bytes] = set()
+    forms: set[str] = set()
     for secret in secrets:
+        forms.add(secret)
+        forms.update(view.text for view in _views(secret))  # as escapes are undone in the text, so in the secret
         raw = secret.encode("utf-8", "surrogatepass")
-        forms.add(raw)
-        unescaped = raw
-        for _ in range(_UNESCAPE_PASSES):  # as _mask undoes escapes in the text, they are undone in the secret
-            view = _unescaped(unescaped, [0] * len(unescaped), [0] * len(unescaped))
-            if view is not None:
-                unescaped = view[0]
-        forms.add(unescaped)
-        forms.update(form.replace(b"+", b" ") for form in (raw, unescaped))
         if len(raw) >= 4:
             # In base64 the secret's bytes sit at one of three offsets; the
             # characters made of its bits alone are the same whatever surrounds it.
             for offset in range(3):
-                encoded = base64.b64encode(b"\0" * offset + raw)
+                encoded = base64.b64encode(b"\0" * offset + raw).decode("ascii")
                 core = encoded[(offset * 8 + 5) // 6 : (offset + len(raw)) * 8 // 6]
-                forms.update((core, core.translate(bytes.maketrans(b"+/", b"-_"))))
-    forms.discard(b"")
+                forms.update((core, core.translate(str.maketrans("+/", "-_"))))
+    forms.discard("")
     if not forms:
         return None
-    return re.compile(b"|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True)))
+    return re.compile("|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True)))
+
+
+_GAPS = re.compile(r"[\s\x00]+")
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{8,}")
+#: _reveals reads at most this much base64; a text with more is withheld.
+_MAX_BASE64_CHARS = 1024 * 1024
+
+
+def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = None) -> bool:
+    """Whether ``text`` still gives a secret away to a reader who undoes more
+    than _mask can place: markup between its characters (an XML comment or
+    CDATA), NULs (UTF-16 inside UTF-8), spaces or line breaks (wrapped
+    base64), text decoded with the wrong charset, or these under the escapes
+    _mask knows."""
+    wanted = {_GAPS.sub("", view.text) for secret in secrets if secret for view in _views(secret)}
+    wanted.discard("")
+    if not wanted:
+        return False
+    import html  # noqa: PLC0415 (only shown text is checked)
+
+    untagged = re.sub(r"<[^<>]*>", "", re.sub(r"<!\[CDATA\[(.*?)\]\]>", r"\1", text, flags=re.DOTALL))
+    mojibake = text.encode("latin-1", "ignore").decode("utf-8", "ignore")
+    candidates = list(dict.fromkeys((text, html.unescape(text), untagged, mojibake)))
+    budget = _MAX_BASE64_CHARS
+    for depth in range(2):  # the text, then what base64 in it says
+        runs: set[str] = set()
+        for candidate in candidates:
+            for view in views if views and candidate is text else _views(candidate):
+                joined = _GAPS.sub("", view.text)
+                if any(secret in joined for secret in wanted):
+                    return True
+                if depth == 0:
+                    runs.update(_BASE64_RUN.findall(joined))
+        budget -= sum(map(len, runs))
+        if budget < 0:
+            return True  # more than can be looked through: withheld, to be safe
+        candidates = ["\n".join(decoded for run in runs for decoded in _base64_texts(run))]
+    return False
+
+
+def _base64_texts(run: str) -> list[str]:
+    """What ``run`` says in base64, read from each of its first four characters."""
+    import base64  # noqa: PLC0415 (only masking needs it)
+
+    texts = []
+    for start in range(4):
+        chunk = run[start:]
+        data = base64.b64decode(chunk[: len(chunk) // 4 * 4].translate(str.maketrans("-_", "+/")))
+        texts.append(data.decode("utf-8", "ignore"))
+    return texts
+
+
+def _shown(text: str, secrets: tuple[str, ...], *, keys: bool = True) -> str:
+    """``text`` fit to show: masked, or withheld whole when a secret is still
+    in it in a form that cannot be cut out."""
+    views = _views(text)
+    masked = _mask(text, secrets, keys=keys, views=views)
+    return "***" if _reveals(masked, secrets, views if masked is text else None) else masked
 
 
 # -----------------------------------------------------------------------------
@@ -1497,13 +1687,7 @@ def _secret_forms(secrets: tuple[str, ...]) -> re.Pattern[bytes] | None:
 # declaration says UTF-16, ASCII or ISO-8859-1), so that every check below
 # sees characters, whatever encoding the server chose.
 
-_BOMS = (
-    (b"\xef\xbb\xbf", "utf-8"),
-    (b"\xff\xfe\x00\x00", "utf-32-le"),
-    (b"\x00\x00\xfe\xff", "utf-32-be"),
-    (b"\xff\xfe", "utf-16-le"),
-    (b"\xfe\xff", "utf-16-be"),
-)
+_BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
 _XML_DECLARED = re.compile(rb"""\s*<\?xml[^>]{0,200}?\sencoding\s*=\s*["']([^"']{0,40})["']""")
 _XML_ENCODINGS = {
     "utf-8": "utf-8", "utf8": "utf-8", "utf-16": "utf-16", "utf-16le": "utf-16", "utf-16be": "utf-16",
@@ -1541,9 +1725,11 @@ def _text(body: bytes, *, strict: bool) -> str:
         text = body.decode(codec, errors)
     except UnicodeDecodeError:
         raise _Invalid(f"the body is not valid {codec.upper()}") from None
-    if strict and "\x00" in text:
+    if "\x00" in text:
         # No JSON or XML holds one; UTF-16 without its byte-order mark does.
-        raise _Invalid("the body holds NUL characters")
+        if strict:
+            raise _Invalid("the body holds NUL characters")
+        text = text.replace("\x00", "")  # an error's text, readable (and maskable) again
     return text
 
 
@@ -1688,9 +1874,20 @@ def _error_details(text: str) -> tuple[int | None, str | None, tuple[Mapping[str
 
 
 def _api_error(answer: _Answer, request: _Request) -> APIError:
-    text = _mask(_text(answer.body, strict=False), request.secrets)
-    code, message, errors = _error_details(text)
-    body = text.encode("utf-8")[:_KEPT_ERROR_BODY]
+    secrets = request.secrets
+    text = _mask(_text(answer.body, strict=False), secrets)
+    code, parsed_message, parsed = _error_details(text)
+    # What parsing made of the text (entities, comments, joined spaces) is
+    # masked again; when that, or _reveals, finds what masking the text did
+    # not, the text hides a secret where it cannot be cut out: it is withheld.
+    errors = tuple(
+        {_shown(key, secrets): _shown(value, secrets) if isinstance(value, str) else value
+         for key, value in entry.items()}
+        for entry in parsed
+    )
+    message = None if parsed_message is None else _shown(parsed_message, secrets)
+    withheld = errors != parsed or message != parsed_message or _reveals(text, secrets)
+    body = b"" if withheld else text.encode("utf-8")[:_KEPT_ERROR_BODY]
     status = answer.status
     kwargs: dict[str, Any] = {"method": request.method, "path": request.path, "errors": errors, "body": body}
     cls: type[APIError] = APIError
@@ -1772,15 +1969,39 @@ def _send(
     raise failure if failure is not None else _api_error(answer, request)
 
 
-def _call(config: Config, method: str, path: str, build: Callable[[Any], _T], **request: Any) -> _T:
+def _call(config: Config, method: str, path: str, build: Callable[[Any], _T], *, minted: str | None = None,
+          **request: Any) -> _T:
     """``_send`` the request (``request`` holds its keyword arguments) and
-    return ``build(decoded body)``; a body that does not fit is a ``ResponseError``."""
+    return ``build(decoded body)``; a body that does not fit is a ``ResponseError``.
+
+    ``minted`` names the object (``user``, ``pin``) whose ``authToken`` is a
+    token the answer made: when the answer cannot be used, that token is
+    revoked, so that none is left working that nobody has.
+    """
     answer, sent = _send(config, method, path, **request)
     try:
         return build(_parse(answer.body))
     except (ValueError, RecursionError) as exc:
         reason = str(exc) if isinstance(exc, _Invalid) else "the body could not be decoded"
+    try:  # read leniently, only to find the token
+        holder = _unwrap(_parse_text(_text(answer.body, strict=False)), minted or "") if minted else None
+    except (ValueError, RecursionError):
+        holder = None
+    token = _token(holder.get("authToken")) if isinstance(holder, dict) else None
+    if token is not None:
+        try:
+            _send(_with_token(config, token), "DELETE", "/users/signout", on_server=False, deadline=sent.deadline)
+        except PlexAuthError:
+            reason += "; the new token in it could not be revoked"
+        else:
+            reason += "; the new token in it was revoked"
     raise _response_error(sent, answer.status, reason)
+
+
+def _with_token(config: Config, token: str) -> Config:
+    import dataclasses  # noqa: PLC0415 (only a token to revoke needs it)
+
+    return dataclasses.replace(config, token=token)
 
 
 @functools.lru_cache(maxsize=64)
@@ -1804,8 +2025,8 @@ def _container(doc: Any) -> dict[str, Any]:
 
 
 def _transient_token(doc: Any) -> str:
-    token = _container(doc).get("token")
-    if not isinstance(token, str) or not token:
+    token = _token(_container(doc).get("token"))
+    if token is None:
         raise _Invalid("'MediaContainer.token' is missing or not a string")
     return token
 
@@ -1916,7 +2137,9 @@ def post_users_sign_in_data(
     """Sign in to plex.tv with a login (email or username) and password.
 
     The request is sent once, never retried, and carries no token.  The
-    returned account's ``auth_token`` is the new token.
+    returned account's ``auth_token`` is the new token.  An answer that holds
+    a new token but cannot otherwise be used is a ``ResponseError``, and its
+    token is revoked first, so that none is left working that nobody has.
 
     Raises ``TwoFactorRequiredError`` (code 1029) when a verification code is
     needed or was wrong, ``UnauthorizedError`` for bad credentials (1001) or
@@ -1945,6 +2168,7 @@ def post_users_sign_in_data(
         "POST",
         "/users/signin",
         _account,
+        minted="user",
         on_server=False,
         form=form,
         send_token=False,
@@ -2009,7 +2233,8 @@ def check_pin(config: Config, pin: Pin) -> Pin:
 
     ``config`` must have the client identifier that created the PIN
     (``ValueError`` otherwise).  Raises ``PinExpiredError`` when plex.tv no
-    longer knows the PIN (404), else as ``create_pin``.
+    longer knows the PIN (404), else as ``create_pin``; an answer with a token
+    that cannot be used otherwise is a ``ResponseError``, the token revoked.
 
     Example::
 
@@ -2022,8 +2247,8 @@ def check_pin(config: Config, pin: Pin) -> Pin:
 
 def _ask_about_pin(config: Config, pin: Pin, deadline: float | None) -> Pin:
     try:
-        return _call(config, "GET", f"/pins/{pin.id}", _pin_of(config), on_server=False, send_token=False,
-                     deadline=deadline)
+        return _call(config, "GET", f"/pins/{pin.id}", _pin_of(config), minted="pin", on_server=False,
+                     send_token=False, deadline=deadline)
     except APIError as exc:
         if exc.status != 404:
             raise
@@ -2155,10 +2380,6 @@ class _Failure(Exception):
     """A failure the command line explains in its own words: exit code 1."""
 
 
-def _with_token(config: Config, token: str) -> Config:
-    import dataclasses  # noqa: PLC0415 (only a command that revokes a new token needs it)
-
-    return dataclasses.replace(config, token=token)
 
 
 def _exit_code(exc: PlexAuthError) -> int:
@@ -2252,8 +2473,9 @@ def _check_private(path: str, *, folder: bool = False, fd: int | None = None) ->
         wrong = "a symbolic link" if stat.S_ISLNK(status.st_mode) else f"not a regular {kind}"
     elif status.st_uid != os.geteuid():
         wrong = f"owned by another user (uid {status.st_uid})"
-    elif status.st_mode & 0o022:
-        wrong = f"writable by other users (mode {stat.S_IMODE(status.st_mode):04o})"
+    elif status.st_mode & (0o022 if folder else 0o077):
+        others = "writable" if folder else "readable or writable"
+        wrong = f"{others} by other users (mode {stat.S_IMODE(status.st_mode):04o})"
     if wrong:
         _refuse_kept(path, kind, wrong)
 
@@ -2333,8 +2555,17 @@ def _sign_in_credentials(args: Any) -> tuple[str, str]:
 def _show(args: Any, data: dict[str, Any], lines: list[str]) -> None:
     """Print a command's result: what the server sent, with the run's own
     secrets masked (a server may echo them anywhere)."""
-    text = json.dumps(data, indent=2, default=str) if args.json else "\n".join(lines)
-    _emit(sys.stdout, _mask(text, tuple(args.secrets), keys=False))
+    secrets = tuple(args.secrets)
+
+    def shown(value: Any) -> Any:
+        if isinstance(value, str):
+            return _shown(value, secrets, keys=False)
+        if isinstance(value, dict):
+            return {key: shown(item) for key, item in value.items()}
+        return [shown(item) for item in value] if isinstance(value, list) else value
+
+    # Each string on its own, before JSON escapes multiply it.
+    _emit(sys.stdout, json.dumps(shown(data), indent=2, default=str) if args.json else "\n".join(shown(lines)))
 
 
 def _emit(stream: Any, text: str) -> None:
@@ -2607,12 +2838,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        secrets = tuple(args.secrets)
         if verbose:
             import traceback  # noqa: PLC0415
 
-            traceback.print_exc(file=sys.stderr)
+            _emit(sys.stderr, _shown(traceback.format_exc().rstrip("\n"), secrets))
         code, text = _explained(exc, verbose)
-        _emit(sys.stderr, f"plexauth: error: {_mask(text, tuple(args.secrets))}")
+        _emit(sys.stderr, f"plexauth: error: {_shown(text, secrets)}")
         return code
     finally:
         for logger, level in zip(loggers, levels):

@@ -107,6 +107,29 @@ urllib3 1.26 and 2.x.
   the PIN's ``expires_at`` (``test_wait_for_pin__stops_at_the_pins_expiry``);
   a PIN for another client identifier or without a code is a
   ``ResponseError`` (``test_pin__answer_for_another_client_or_without_a_code_is_a_response_error``).
+- **New tokens**: a sign-in answer with a token but a broken account (in
+  bytes that are not even UTF-8) is a ``ResponseError`` whose token was
+  revoked, counted by the server
+  (``test_signin__a_token_in_an_answer_that_cannot_be_used_is_revoked``), or
+  that says it could not be (``test_signin__a_token_that_cannot_be_revoked_is_said_so``);
+  a token that cannot travel in a header is refused
+  (``test_signin__a_token_that_cannot_travel_in_a_header_is_refused``).
+- **More from the attack round**: unasked bytes waiting inside TLS
+  (``test_hostile__unasked_bytes_inside_tls_are_not_read_as_the_next_answer``),
+  a late body after a 204 or 304
+  (``test_hostile__no_connection_is_reused_after_an_answer_that_has_no_body``),
+  secrets split by XML comments or CDATA, in 8-digit character references,
+  with tabs or newlines for spaces, in UTF-16 inside UTF-8, in base64 of
+  the form or wrapped, in HTML references without ``;``, in mojibake
+  (``test_hostile__secrets_that_masking_cannot_place_are_withheld``), a
+  certificate whose common name is the token
+  (``test_hostile__a_certificate_made_of_the_token_is_not_logged``),
+  ``Retry-After`` dates no calendar has
+  (``test_retries__retry_after_dates_no_calendar_has``), a million deflate
+  streams (``test_deadline__many_compressed_members_are_refused_at_once``), a
+  2 MiB username printed by ``whoami`` under a 64 MiB address-space limit
+  (``test_cli__printing_a_huge_account_stays_within_64_mib``), ``-v``
+  tracebacks (``test_cli__verbose_tracebacks_are_masked_too``).
 - **Command line**: no traceback without ``-v``, for odd server strings
   (``test_cli__no_traceback_for_odd_server_strings``), odd PINs
   (``test_cli__link_refuses_odd_pins_without_a_traceback``) or anything
@@ -142,6 +165,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import traceback
@@ -388,15 +412,19 @@ def _no_canary_in_logs(caplog: pytest.LogCaptureFixture):
 
 
 def assert_no_secret(text: str, canaries: tuple[str, ...] = CANARIES) -> None:
-    """No canary in ``text``, in any form a server could echo it: raw, with
-    JSON, XML/HTML or percent escapes undone (alone or combined), or in base64.
-    Worked out here, independently of the module's own masking."""
+    """No canary in ``text``, in any form a server could echo it: raw; with
+    JSON, XML/HTML and percent escapes undone, several times over; with markup,
+    NULs or whitespace between its characters; decoded with the wrong charset;
+    in base64, wrapped or not, of any of these.  Worked out here, independently
+    of the module's own masking."""
     runs = set()
     for view in secret_views(text):
+        spaced, packed = " ".join(view.split()), "".join(view.split())
         for canary in canaries:
             assert canary not in view
-        runs.update(re.findall(r"[A-Za-z0-9+/_-]{8,}={0,2}", view))
-    encoded = [canary.encode() for canary in canaries]
+            assert " ".join(canary.split()) not in spaced
+            assert "".join(canary.split()) not in packed
+        runs.update(re.findall(r"[A-Za-z0-9+/_-]{8,}={0,2}", packed))
     for run in runs:
         for start in range(4):  # the run may begin inside another word
             chunk = run[start:]
@@ -406,8 +434,9 @@ def assert_no_secret(text: str, canaries: tuple[str, ...] = CANARIES) -> None:
                     decoded = base64.b64decode(chunk, altchars=alphabet, validate=False)
                 except ValueError:  # characters of the other alphabet, dropped, broke the length
                     continue
-                for canary in encoded:
-                    assert canary not in decoded
+                for form in (decoded, urllib.parse.unquote_to_bytes(decoded.replace(b"+", b" "))):
+                    for canary in canaries:
+                        assert canary.encode() not in form
 
 
 def _json_unescaped(text: str) -> str:
@@ -420,9 +449,16 @@ def _json_unescaped(text: str) -> str:
 
 
 def secret_views(text: str) -> set[str]:
-    views = {text}
-    for _ in range(3):
-        views |= {step(view) for view in views for step in (html.unescape, urllib.parse.unquote_plus, _json_unescaped)}
+    """``text`` as readers might see it, each with escapes undone up to four times."""
+    untagged = re.sub(r"<!--.*?-->|<!\[CDATA\[|\]\]>|<[^<>]*>", "", text, flags=re.DOTALL)
+    mojibake = text.encode("latin-1", "ignore").decode("utf-8", "ignore")
+    views = set()
+    for start in {text, untagged, text.replace("\x00", ""), mojibake}:
+        view = start
+        for _ in range(4):
+            views.add(view)
+            view = urllib.parse.unquote_plus(_json_unescaped(html.unescape(view)))
+        views.add(view)
     return views
 
 
@@ -1746,13 +1782,17 @@ def test_transport__https_to_plain_http_is_tls_failure(httpserver: HTTPServer) -
     assert info.value.reason.startswith("TLS failed")
 
 
-def test_transport__module_pool_per_tls_setting(httpserver: HTTPServer, config: Config, tmp_path: Any) -> None:
+def test_transport__module_pool_per_tls_setting(httpserver: HTTPServer, config: Config, tls_server: Any,
+                                                tmp_path: Any) -> None:
     httpserver.expect_request("/security/token").respond_with_json({"MediaContainer": {"token": TRANSIENT}})
-    bundle = tmp_path / "ca.pem"
-    bundle.write_text("")
-    for verify in (True, str(bundle)):
+    _, bundle = tls_server
+    for verify in (True, bundle):
         assert plexauth.get_transient_token(dataclasses.replace(config, verify=verify)) == TRANSIENT
-    assert plexauth._pools[True] is not plexauth._pools[str(bundle)]
+    assert plexauth._pools[True] is not plexauth._pools[bundle]
+    empty = tmp_path / "ca.pem"
+    empty.write_text("")  # a file, but no CA bundle
+    with raises(TransportError, match=r"TLS failed \(.*no certificate"):
+        plexauth.get_transient_token(dataclasses.replace(config, verify=str(empty), retries=0))
 
 
 class CountingServer(http.server.ThreadingHTTPServer):
@@ -2661,11 +2701,14 @@ def test_hostile__encodings_plex_uses_are_read(fault_server: Any) -> None:
         declared.format("ISO-8859-1").encode("latin-1"),
         b"\xef\xbb\xbf" + declared.format("utf-8").encode(),
         "\ufeff{\"MediaContainer\": {\"token\": \"t\u00e9\"}}".encode("utf-16-le"),
-        '{"MediaContainer": {"token": "t\u00e9"}}'.encode("utf-32"),
     ]
     for body in forms:
         server = fault_server(answer(http_answer(200, body)))
         assert plexauth.get_transient_token(hostile_config(server.port)) == "t\u00e9"
+    for codec in ("utf-32", "utf-32-be"):  # Plex never sends it
+        server = fault_server(answer(http_answer(200, '{"MediaContainer": {"token": "t"}}'.encode(codec))))
+        with raises(ResponseError):
+            plexauth.get_transient_token(hostile_config(server.port))
 
 
 # ........................................................................... secrets in any form
@@ -3107,6 +3150,8 @@ def kept_file(folder: Any, how: str) -> None:
     kept.chmod(0o600)
     if how == "world-writable":
         kept.chmod(0o666)
+    elif how == "world-readable":
+        kept.chmod(0o644)
     elif how == "other-owner":
         os.chown(kept, 4242, 4242)
     elif how == "too-large":
@@ -3122,7 +3167,8 @@ def kept_file(folder: Any, how: str) -> None:
     ("how", "wrong"),
     [
         ("symlink-to-dev-zero", "file {kept}: it is a symbolic link"),
-        ("world-writable", "file {kept}: it is writable by other users (mode 0666)"),
+        ("world-writable", "file {kept}: it is readable or writable by other users (mode 0666)"),
+        ("world-readable", "file {kept}: it is readable or writable by other users (mode 0644)"),
         pytest.param("other-owner", "file {kept}: it is owned by another user (uid 4242)",
                      marks=pytest.mark.skipif(os.geteuid() != 0, reason="making another user's file needs root")),
         ("too-large", "file {kept}: it is larger than 4096 bytes"),
@@ -3175,6 +3221,233 @@ def test_cli__sign_in_echoes_reach_no_output(cli: Any, fault_server: Any, monkey
     if verbose:
         assert "Traceback" in err
         assert "urllib3.connectionpool" in err
+
+
+def test_hostile__unasked_bytes_inside_tls_are_not_read_as_the_next_answer(tmp_path_factory: Any) -> None:
+    """Bytes that came in the same TLS record as the answer, beyond http.client's
+    8 KiB buffer, wait decrypted inside OpenSSL where polling the socket does not
+    see them: the connection is not reused."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    bundle = tmp_path_factory.mktemp("tls-extra") / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    seen: list[str] = []
+
+    def handle(conn: socket.socket, done: threading.Event) -> None:
+        with server_context.wrap_socket(conn, server_side=True) as tls:
+            for request in read_requests(tls):  # type: ignore[arg-type]
+                token = request.headers["x-plex-token"]
+                seen.append(token)
+                real = http_answer(200, account_of(token))
+                tls.sendall(real + b"\0" * (8192 - len(real)) + http_answer(200, account_of(token)))
+
+    server = FaultServer(handle)
+    try:
+        url = f"https://127.0.0.1:{server.port}"
+        for token in ("alice", "bob"):
+            config = Config(CLIENT_ID, token=token, plex_tv_url=url, verify=str(bundle), retries=0)
+            assert plexauth.get_token_details(config).username == "user-" + token
+        assert seen == ["alice", "bob"]
+    finally:
+        plexauth._pools[str(bundle)].clear()
+        server.close()
+    assert server.connections == 2  # the first connection was not reused
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_hostile__no_connection_is_reused_after_an_answer_that_has_no_body(fault_server: Any, status: int) -> None:
+    """A body sent anyway after a 204 or 304 (here, a little later) would be the
+    next request's answer on a reused connection."""
+    def script(conn: socket.socket, request: Incoming) -> bool:
+        token = request.headers["x-plex-token"]
+        if token == "alice":
+            conn.sendall(f"HTTP/1.1 {status} X\r\n\r\n".encode())
+            time.sleep(0.05)  # the server's own pace, not a synchronisation
+            conn.sendall(http_answer(200, account_of(token)))
+        else:
+            conn.sendall(http_answer(200, account_of(token)))
+        return True
+
+    server = fault_server(keep_alive(script))
+    if status == 304:  # not a 2xx
+        with raises(APIError, match="304"):
+            plexauth.ping(hostile_config(server.port, token="alice"))
+    else:
+        plexauth.ping(hostile_config(server.port, token="alice"))
+    assert plexauth.get_token_details(hostile_config(server.port, token="bob")).username == "user-bob"
+    server.close()
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "body"),
+    [
+        ("xml-comment", f'<errors><error code="1001">{TOKEN[:6]}<!-- -->{TOKEN[6:]}</error></errors>'),
+        ("xml-cdata", f'<errors><error code="1001"><![CDATA[{TOKEN[:6]}]]>{TOKEN[6:]}</error></errors>'),
+        ("long-char-refs", '<errors><error code="1001" message="'
+         + "".join(f"&#{ord(c):08d};" for c in TOKEN) + '"/></errors>'),
+        ("tab-for-space", json.dumps({"errors": [{"code": 1001, "message": PASSWORD.replace(" ", "\t")}]})),
+        ("two-spaces", json.dumps({"errors": [{"code": 1001, "message": PASSWORD.replace(" ", "  ")}]})),
+        ("newline-in-attribute", '<errors><error code="1001" message="'
+         + html.escape(PASSWORD).replace(" ", "\n") + '"/></errors>'),
+        ("utf16le-inside-utf8", json.dumps({"errors": [{"code": 1001, "message": "m"}]})[:-1]
+         + ', "x": "' + TOKEN.encode("utf-16-le").decode("latin-1") + '"}'),
+        ("base64-of-the-form", json.dumps({"errors": [{"code": 1001, "message": "m", "echo": base64.b64encode(
+            urllib.parse.urlencode({"login": "me", "password": PASSWORD}).encode()).decode()}]})),
+        ("base64-wrapped", "bad " + "\n".join(textwrap.wrap(base64.b64encode(TOKEN.encode()).decode(), 8))),
+        ("html-ref-without-semicolon", f"<p>&#{ord(TOKEN[0])}{TOKEN[1:]}</p>"),
+        ("mojibake", "bad " + PASSWORD.encode().decode("latin-1")),
+    ],
+)
+def test_hostile__secrets_that_masking_cannot_place_are_withheld(fault_server: Any, name: str, body: str) -> None:
+    raw = body.encode("utf-8") if name not in ("utf16le-inside-utf8", "mojibake") else body.encode("latin-1")
+    headers = {"Content-Type": "text/plain; charset=ISO-8859-1"} if name == "mojibake" else {}
+    if name == "mojibake":
+        raw = b'<?xml version="1.0" encoding="ISO-8859-1"?><errors><error code="1001" message="' + raw + b'"/></errors>'
+    server = fault_server(keep_alive(lambda conn, request: conn.sendall(http_answer(401, raw, headers)) is None))
+    with raises(UnauthorizedError) as info:  # the sweep sees through all of these forms
+        plexauth.post_users_sign_in_data(hostile_config(server.port), "me", PASSWORD, verification_code=CODE)
+    assert info.value.status == 401
+
+
+def test_hostile__a_certificate_made_of_the_token_is_not_logged(tmp_path_factory: Any,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A server that has the token shows a trusted certificate for another name
+    with the token as its common name: urllib3 1.26 would log it when the name
+    does not match; OpenSSL checks it here, and nothing is logged."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("elsewhere.example", common_name=TOKEN).configure_cert(context)
+    bundle = tmp_path_factory.mktemp("tls-cn") / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    server = HTTPServer(host="127.0.0.1", port=0, ssl_context=context)
+    server.start()
+    try:
+        config = Config(CLIENT_ID, token=TOKEN, plex_tv_url=server.url_for("/api/v2"), verify=str(bundle), retries=0)
+        with raises(TransportError, match="TLS failed"):
+            plexauth.get_token_details(config)
+    finally:
+        server.stop()
+    assert all(TOKEN not in str(record.__dict__) for record in caplog.records)
+
+
+@pytest.mark.parametrize("date", ["Mon, 01 Jan 2024 00:00:00 +99999999999999", "Mon, 01 Jan 99999999 00:00:00 GMT",
+                                  "Mon, 01 Jan 2024 99999999999:00:00 GMT"])
+def test_retries__retry_after_dates_no_calendar_has(fault_server: Any, date: str) -> None:
+    server = fault_server(keep_alive(lambda conn, request: conn.sendall(
+        http_answer(503, b"", {"Retry-After": date})) is None))
+    with raises(APIError) as info:
+        plexauth.get_token_details(hostile_config(server.port, retries=1))
+    assert info.value.status == 503
+
+
+def test_deadline__many_compressed_members_are_refused_at_once(fault_server: Any) -> None:
+    members = {"deflate": b"\x03\x00" * (plexauth.MAX_BODY_BYTES // 2), "gzip": gzipped(b"") * 100_000}
+    for encoding, body in members.items():
+        server = fault_server(answer(http_answer(200, body, {"Content-Encoding": encoding})))
+        started = time.monotonic()
+        with raises(ResponseError, match="the body does not match its Content-Encoding"):
+            plexauth.get_token_details(hostile_config(server.port, total_timeout=2.0))
+        assert time.monotonic() - started < 2.0 + 1.5
+
+
+CLI_MEMORY_PROBE = r"""
+import io, json, resource, sys
+import plexauth
+sys.stdout = io.StringIO()  # what is printed is kept here, as a pipe would take it
+plexauth.main(["whoami"])  # everything loaded and made once, before the limit
+def vm_size():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+limit = vm_size() + 64 * 2**20
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+codes = [plexauth.main(argv) for argv in (["whoami"], ["whoami", "--json"])]
+sys.stdout = sys.__stdout__
+print(json.dumps(codes))
+"""
+
+
+@pytest.mark.parametrize("unit", ["%25252541", "\u20ac", "+"], ids=["escaped-4-times", "non-ascii", "plus"])
+def test_cli__printing_a_huge_account_stays_within_64_mib(httpserver: HTTPServer, unit: str) -> None:
+    name = unit * ((plexauth.MAX_BODY_BYTES - 200) // len(unit.encode()))
+    httpserver.expect_request("/api/v2/user").respond_with_data(json.dumps(
+        {"id": 1, "uuid": "u", "username": name, "authToken": "t"}, ensure_ascii=False).encode(),
+        content_type="application/json")
+    env = {**os.environ, "PLEX_TOKEN": TOKEN, "PLEX_TV_URL": httpserver.url_for("/api/v2"),
+           "PLEX_CLIENT_IDENTIFIER": CLIENT_ID}
+    result = subprocess.run([sys.executable, "-c", CLI_MEMORY_PROBE], capture_output=True, text=True, env=env,
+                            timeout=120, cwd=os.path.dirname(os.path.abspath(plexauth.__file__)), check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout) == [0, 0]
+
+
+def test_signin__a_token_in_an_answer_that_cannot_be_used_is_revoked(fault_server: Any) -> None:
+    revoked: list[str] = []
+
+    def script(conn: socket.socket, request: Incoming) -> bool:
+        if request.method == "DELETE":
+            revoked.append(request.headers["x-plex-token"])
+            conn.sendall(http_answer(204))
+        else:  # a new token, in an answer that breaks the model, in bytes that are not UTF-8
+            conn.sendall(http_answer(201, b'{"id": "one", "uuid": "u\xff", "username": "me", "authToken": "'
+                                     + AUTH_TOKEN.encode() + b'"}'))
+        return True
+
+    server = fault_server(keep_alive(script))
+    with raises(ResponseError) as info:
+        plexauth.post_users_sign_in_data(hostile_config(server.port), "me", PASSWORD)
+    assert info.value.reason == "the body is not valid UTF-8; the new token in it was revoked"
+    assert revoked == [AUTH_TOKEN]
+
+
+@pytest.mark.parametrize("token", ["NEW\tTOKEN", " ", "NEW\nX-Evil: 1"])
+def test_signin__a_token_that_cannot_travel_in_a_header_is_refused(fault_server: Any, token: str) -> None:
+    server = fault_server(answer(http_answer(201, json.dumps({**ACCOUNT, "authToken": token}).encode())))
+    with raises(ResponseError, match="'authToken' is missing or has the wrong type"):
+        plexauth.post_users_sign_in_data(hostile_config(server.port), "me", PASSWORD)
+
+
+def test_cli__verbose_tracebacks_are_masked_too(cli: Any, fault_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An echo that only parsing rebuilds: the exception holds it masked, and so does the traceback.
+    body = json.dumps({"errors": [{"code": 1001, "message": PASSWORD.replace(" ", "\t")}]}).encode()
+    server = fault_server(keep_alive(lambda conn, request: conn.sendall(http_answer(401, body)) is None))
+    monkeypatch.setenv("PLEX_TV_URL", f"http://127.0.0.1:{server.port}/api/v2")
+    monkeypatch.setenv("PLEX_PASSWORD", PASSWORD)
+    code, _, err = cli("-v", "sign-in", "--login", "me", "--code", CODE)  # the fixture checks the output
+    assert code == 3
+    assert "Traceback (most recent call last)" in err
+
+
+def test_hostile__secret_values_with_escaped_quotes_are_masked_to_their_end(fault_server: Any) -> None:
+    body = ('{"errors": [{"code": 1, "message": "m"}], "authToken": "' + AUTH_TOKEN[:6] + '\\"' + AUTH_TOKEN[6:]
+            + '", "accessToken": "' + ACCESS_TOKEN + '\\\\", "after": "kept"}')
+    server = fault_server(answer(http_answer(500, body.encode())))
+    with raises(APIError) as info:
+        plexauth.get_token_details(hostile_config(server.port))
+    assert info.value.body.decode().endswith('"authToken": "***", "accessToken": "***", "after": "kept"}')
+
+
+def test_signin__a_token_that_cannot_be_revoked_is_said_so(fault_server: Any) -> None:
+    def script(conn: socket.socket, request: Incoming) -> bool:
+        if request.method == "DELETE":
+            conn.sendall(http_answer(500))
+        else:
+            conn.sendall(http_answer(201, json.dumps({"id": "one", "authToken": AUTH_TOKEN}).encode()))
+        return True
+
+    server = fault_server(keep_alive(script))
+    with raises(ResponseError) as info:
+        plexauth.post_users_sign_in_data(hostile_config(server.port), "me", PASSWORD)
+    assert info.value.reason == "'id' is missing or has the wrong type; the new token in it could not be revoked"
 
 
 # --------------------------------------------------------------------------- the README's promises
