@@ -999,29 +999,18 @@ class _DeadlineReader(io.RawIOBase):
         self._raw = sock.makefile("rb", buffering=0)  # keeps the socket open while read, as http.client's does
         self._sock = sock
         self._deadline = deadline
-        self._timeout: float | None = sock.gettimeout() or 1.0  # urllib3 sets one; never "wait forever"
+        timeout = sock.gettimeout()
+        self._timeout = math.inf if timeout is None else timeout
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int | None:
-        if self._timeout is not None:  # else: waiting() asks what is here, without waiting
-            self._sock.settimeout(min(self._timeout, _seconds_left(self._deadline)))
+        left = _seconds_left(self._deadline)
+        if left < self._timeout:  # else the socket's own timeout (urllib3's) ends the read in time
+            self._timeout = left
+            self._sock.settimeout(left)
         return self._raw.readinto(buffer)
-
-    def waiting(self, reader: io.BufferedReader) -> bool:
-        """Whether bytes are here already, beyond those read: in ``reader``'s
-        buffer, inside TLS (decrypted, which the socket does not show), or in
-        the socket."""
-        timeout, self._timeout = self._timeout, None
-        self._sock.settimeout(0)
-        try:
-            return bool(reader.peek(1))
-        except (OSError, ValueError):  # nothing to read now (ssl.SSLWantReadError), or closed
-            return False
-        finally:
-            self._timeout = timeout
-            self._sock.settimeout(timeout)
 
     def close(self) -> None:
         self._raw.close()
@@ -1044,9 +1033,8 @@ class _Response(http.client.HTTPResponse):
     def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
         super().__init__(sock, *args, **kwargs)
         self.fp.close()  # replaced by a reader that keeps to the deadline
-        self._reader = _DeadlineReader(sock, _local.deadline)
         self._socket = sock
-        self.fp = io.BufferedReader(self._reader)
+        self.fp = io.BufferedReader(_DeadlineReader(sock, _local.deadline))
 
     def _read_status(self) -> tuple[str, int, str]:
         for _ in range(_MAX_INTERIM_ANSWERS + 1):
@@ -1068,10 +1056,12 @@ class _Response(http.client.HTTPResponse):
             self.will_close = True
 
     def _close_conn(self) -> None:
-        # The answer was read to its end.  Anything already here beyond it
-        # was not asked for: the connection must not carry it to the next
-        # request, so it is shut, and the pool replaces it.
-        if self.fp is not None and self._reader.waiting(self.fp):
+        # The answer was read to its end.  Bytes beyond it were not asked
+        # for: those in our buffer go with it, those in the socket make the
+        # pool drop the connection when it is next taken, but those that came
+        # in the same TLS record wait inside OpenSSL, where the pool does not
+        # look; then the connection is shut, and the pool replaces it.
+        if isinstance(self._socket, ssl.SSLSocket) and self._socket.pending():
             with contextlib.suppress(OSError):
                 self._socket.shutdown(socket.SHUT_RDWR)
         super()._close_conn()  # type: ignore[misc]
@@ -1109,6 +1099,9 @@ class _TLSContext(ssl.SSLContext):
 
 def _pool(verify: bool | str) -> urllib3.PoolManager:
     """The module's pool for this TLS setting, made on first use."""
+    pool = _pools.get(verify)
+    if pool is not None:
+        return pool
     with _pools_lock:
         pool = _pools.get(verify)
         if pool is None:
@@ -1290,17 +1283,18 @@ def _read_body(response: Any, request: _Request) -> bytes:
     limit = MAX_BODY_BYTES if success else _READ_ERROR_BODY
     chunks: list[bytes] = []
     size = 0
-    while size <= limit:
-        chunk = response.read(65536, decode_content=False)
+    while response.length_remaining != 0:  # None: until the end of a chunked (or unframed) body
+        chunk = response.read(min(response.length_remaining or 65536, limit + 1 - size), decode_content=False)
         if not chunk:
             break
         size += len(chunk)
         chunks.append(chunk)
-    else:
-        response.close()  # the rest is not wanted
-        if success:
-            raise _response_error(request, response.status, f"the body is larger than {MAX_BODY_BYTES} bytes")
-    body = b"".join(chunks)[: limit + 1]
+        if size > limit:
+            response.close()  # the rest is not wanted
+            if success:
+                raise _response_error(request, response.status, f"the body is larger than {MAX_BODY_BYTES} bytes")
+            break
+    body = b"".join(chunks)
     encoding = response.headers.get("Content-Encoding", "").strip().lower()
     if encoding in ("", "identity"):
         return body if success else body[:limit]
