@@ -24,6 +24,7 @@ plexauth --help`` (or ``python plexauth.py --help`` when vendored).
 
 from __future__ import annotations
 
+import array
 import bisect
 import contextlib
 import datetime
@@ -358,7 +359,9 @@ class _Record:
                 parts.append(f"{spec.name}='***'")
             else:
                 parts.append(f"{spec.name}={value!r}")
-        return f"{type(self).__name__}({', '.join(parts)})"
+        text = f"{type(self).__name__}({', '.join(parts)})"
+        secrets = self.__dict__.get("_secrets")  # set when decoded from an answer
+        return _shown(text, secrets, keys=False) if secrets else text
 
     __str__ = __repr__
 
@@ -634,7 +637,8 @@ def _decoder(cls: type) -> Callable[[Any], Any]:
     literals; converters and defaults are passed in, not written out.
     """
     wire = [spec for spec in cls._specs if "key" in spec.metadata]  # type: ignore[attr-defined]
-    scope: dict[str, Any] = {"cls": cls, "new": object.__new__, "set_dict": object.__setattr__, "Invalid": _Invalid}
+    scope: dict[str, Any] = {"cls": cls, "new": object.__new__, "set_dict": object.__setattr__, "Invalid": _Invalid,
+                             "local": _local}
     lines = [
         "def decode(data):",
         "    if not isinstance(data, dict):",
@@ -654,7 +658,10 @@ def _decoder(cls: type) -> Callable[[Any], Any]:
             message = f"{spec.metadata['key']!r} is missing or has the wrong type"
             lines.append(f"    if f{i} is None: raise Invalid({message!r})")
     fields = ", ".join(f"{spec.name!r}: f{i}" for i, spec in enumerate(wire))
-    lines += ["    model = new(cls)", f"    set_dict(model, '__dict__', {{{fields}, 'raw': data}})", "    return model"]
+    # _secrets: the request's, which a server may have echoed into any field; the repr masks them.
+    lines += ["    model = new(cls)",
+              f"    set_dict(model, '__dict__', {{{fields}, 'raw': data, '_secrets': local.secrets}})",
+              "    return model"]
     exec("\n".join(lines), scope)  # noqa: S102 (our own field names and keys, see above)
     decode: Callable[[Any], Any] = scope["decode"]
     type.__setattr__(cls, "_decode", staticmethod(decode))
@@ -973,10 +980,15 @@ _CODE_TWO_FACTOR = 1029
 _CODE_RATE_LIMITED = 1003
 
 _pools: dict[bool | str, urllib3.PoolManager] = {}
-_pools_lock = threading.Lock()
-# The deadline (time.monotonic()) of the call this thread is making, for the
-# _Response that urllib3 makes deep inside urlopen.
-_local = threading.local()
+class _CallState(threading.local):
+    """What this thread's call is doing, for code that urllib3 or a decoder
+    runs deep inside it: its deadline, and the secrets a server may echo."""
+
+    deadline = 0.0
+    secrets: tuple[str, ...] = ()
+
+
+_local = _CallState()
 
 
 class _Unusable(http.client.HTTPException):
@@ -1098,27 +1110,26 @@ class _TLSContext(ssl.SSLContext):
 
 
 def _pool(verify: bool | str) -> urllib3.PoolManager:
-    """The module's pool for this TLS setting, made on first use."""
+    """The module's pool for this TLS setting, made on first use.  Two threads
+    may make one at once; setdefault keeps the first, the other is dropped."""
     pool = _pools.get(verify)
-    if pool is not None:
-        return pool
-    with _pools_lock:
-        pool = _pools.get(verify)
-        if pool is None:
-            context = _TLSContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, and checks names
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            if verify is False:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            elif verify is True:
-                context.load_default_certs()
-            else:
-                context.load_verify_locations(cafile=verify)
-            pool = urllib3.PoolManager(num_pools=16, maxsize=8, ssl_context=context,
-                                       cert_reqs="CERT_REQUIRED" if verify else "CERT_NONE")
-            pool.pool_classes_by_scheme = {"http": _HTTPConnectionPool, "https": _HTTPSConnectionPool}
-            _pools[verify] = pool
-        return pool
+    return pool if pool is not None else _pools.setdefault(verify, _new_pool(verify))
+
+
+def _new_pool(verify: bool | str) -> urllib3.PoolManager:
+    context = _TLSContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, and checks names
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if verify is False:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif verify is True:
+        context.load_default_certs()
+    else:
+        context.load_verify_locations(cafile=verify)
+    pool = urllib3.PoolManager(num_pools=16, maxsize=8, ssl_context=context,
+                               cert_reqs="CERT_REQUIRED" if verify else "CERT_NONE")
+    pool.pool_classes_by_scheme = {"http": _HTTPConnectionPool, "https": _HTTPSConnectionPool}
+    return pool
 
 
 def _header_text(value: str) -> str:
@@ -1424,7 +1435,8 @@ _ESCAPES = re.compile(
     r"\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})"  # JSON, a surrogate pair
     r"|\\u([0-9a-fA-F]{4})|\\([\"\\/bfnrt])"  # JSON
     r"|&#0*([0-9]{1,7});?|&#[xX]0*([0-9a-fA-F]{1,6});?|&([A-Za-z][A-Za-z0-9]{1,31};?)"  # XML and HTML
-    r"|((?:%[0-9a-fA-F]{2}){1,64})|(\+)"  # percent-encoding (a bounded run: re keeps a stack per repeat), + for a space
+    r"|((?:%[0-9a-fA-F]{2}){1,64})|((?:\\x[0-9a-fA-F]{2}){1,64})|(\+)"  # percent-encoding, + for a space; \xNN
+    # (runs are bounded: re keeps a stack per repeat)
 )
 _JSON_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 # Values under keys ending in these names (authToken, accessToken, token,
@@ -1440,29 +1452,31 @@ _QUERY_VALUE_END = re.compile(r"[\s&\"'<>;,]")
 # A literal stretch shorter than this, between escapes, joins them in one
 # span: a view of a text full of escapes then keeps few spans, at the cost of
 # masking a little more around a secret found there.
-_SHORT_STRETCH = 16
+_SHORT_STRETCH = 32
 
 
 class _View:
     """A text with one more level of escapes undone than ``parent``'s, and
-    for each of its stretches the span of ``parent``'s text it came from."""
+    for each of its stretches the span of ``parent``'s text it came from: in
+    a literal stretch characters map one to one, else each to the whole span.
+    (Kept in arrays: a text full of escapes has many stretches.)"""
 
-    def __init__(self, text: str, parent: _View | None = None, spans: Any = None) -> None:
+    def __init__(self, text: str, parent: _View | None = None) -> None:
         self.text = text
         self.parent = parent
-        # spans[k] = (start here, start in parent, end in parent, literal?); in a
-        # literal stretch characters map one to one, else each to the whole span.
-        self.spans: list[tuple[int, int, int, bool]] = spans or []
-        self._starts = [span[0] for span in self.spans]
+        self.starts = array.array("q")  # where each stretch starts here
+        self.sources = array.array("q")  # where it starts in the parent's text
+        self.ends = array.array("q")  # where it ends there
+        self.literal = bytearray()
 
     def source(self, start: int, end: int) -> tuple[int, int]:
         """The span of the original text that [start, end) of this view came from."""
         if self.parent is None:
             return start, end
-        first = self.spans[bisect.bisect_right(self._starts, start) - 1]
-        last = self.spans[bisect.bisect_right(self._starts, end - 1) - 1]
-        begin = first[1] + (start - first[0]) if first[3] else first[1]
-        finish = last[1] + (end - last[0]) if last[3] else last[2]
+        first = bisect.bisect_right(self.starts, start) - 1
+        last = bisect.bisect_right(self.starts, end - 1) - 1
+        begin = self.sources[first] + (start - self.starts[first] if self.literal[first] else 0)
+        finish = self.sources[last] + (end - self.starts[last]) if self.literal[last] else self.ends[last]
         return self.parent.source(begin, finish)
 
     def moved(self, start: int, end: int) -> bool:
@@ -1470,38 +1484,48 @@ class _View:
         source_start, source_end = self.source(start, end)
         return source_end - source_start != end - start
 
+    def _stretch(self, here: int, start: int, end: int, literal: bool, join: bool = True) -> None:
+        # Escapes in a row share a span, and so does a short literal stretch
+        # between two escapes: fewer stretches, a little more masked around a find.
+        if join and self.literal and not self.literal[-1] and (not literal or end - start < _SHORT_STRETCH):
+            self.ends[-1] = end
+        else:
+            self.starts.append(here)
+            self.sources.append(start)
+            self.ends.append(end)
+            self.literal.append(literal)
+
     def unescaped(self) -> _View | None:
         """This text with one level of escapes undone; None when it holds none."""
         text = self.text
-        spans: list[tuple[int, int, int, bool]] = []
+        view = _View("", self)
         out = io.StringIO()  # not a list of pieces: a text of many escapes would make millions
         length = position = 0
         for match in _ESCAPES.finditer(text):
-            begin, finish = match.span()
             value = _unescape(match)
-            escape = (match.group(), begin, True) if value is None else (value, begin, False)
-            for stretch, source, literal in ((text[position:begin], position, True), escape):
-                if not stretch:
-                    continue
-                end = source + (len(stretch) if literal else finish - begin)
-                if spans and not spans[-1][3] and (not literal or len(stretch) < _SHORT_STRETCH):
-                    spans[-1] = (spans[-1][0], spans[-1][1], end, False)
-                else:
-                    spans.append((length, source, end, literal))
-                out.write(stretch)
-                length += len(stretch)
+            if value is None:  # stands for nothing: it stays, as text
+                continue
+            begin, finish = match.span()
+            if begin > position:
+                view._stretch(length, position, begin, True)
+                out.write(text[position:begin])
+                length += begin - position
+            view._stretch(length, begin, finish, False)
+            out.write(value)
+            length += len(value)
             position = finish
-        if not spans or all(literal for *_, literal in spans):
+        if not view.literal:
             return None
-        if position < len(text):
-            spans.append((length, position, len(text), True))
+        if position < len(text):  # the rest, after the last escape, stays apart
+            view._stretch(length, position, len(text), True, join=False)
             out.write(text[position:])
-        return _View(out.getvalue(), self, spans)
+        view.text = out.getvalue()
+        return view
 
 
 def _unescape(match: re.Match[str]) -> str | None:
     """What one escape stands for; None for one that stands for nothing."""
-    high, low, code, simple, decimal, hexadecimal, name, percent, plus = match.groups()
+    high, low, code, simple, decimal, hexadecimal, name, percent, hex_bytes, plus = match.groups()
     if high:
         return chr(0x10000 + ((int(high, 16) - 0xD800) << 10) + int(low, 16) - 0xDC00)
     if code or decimal or hexadecimal:
@@ -1517,8 +1541,8 @@ def _unescape(match: re.Match[str]) -> str | None:
             if name[:end] in html.entities.html5:
                 return html.entities.html5[name[:end]] + name[end:]
         return None
-    if percent:
-        return bytes.fromhex(percent.replace("%", "")).decode("utf-8", "replace")
+    if percent or hex_bytes:
+        return bytes.fromhex((percent or hex_bytes).replace("%", "").replace("\\x", "")).decode("utf-8", "replace")
     return " " if plus else None
 
 
@@ -1565,7 +1589,8 @@ def _secret_values(text: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
     XML, a query); a value that does not end (a cut body) runs to the end."""
     spans = []
     for kind, pattern in enumerate(_SECRET_KEYS):
-        for match in pattern.finditer(text):
+        match = pattern.search(text)
+        while match:
             start = match.end()
             if kind == 0:
                 end = _json_string_end(text, start)
@@ -1574,7 +1599,9 @@ def _secret_values(text: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
             else:
                 after = _QUERY_VALUE_END.search(text, start)
                 end = after.start() if after else -1
-            spans.append((match.span(), (start, len(text) if end < 0 else end)))
+            end = len(text) if end < 0 else end
+            spans.append((match.span(), (start, end)))
+            match = pattern.search(text, end)  # on from the value's end: each stretch is scanned once
     return spans
 
 
@@ -1603,6 +1630,7 @@ def _secret_forms(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
         forms.add(secret)
         forms.update(view.text for view in _views(secret))  # as escapes are undone in the text, so in the secret
         raw = secret.encode("utf-8", "surrogatepass")
+        forms.add(raw.hex())  # matched without regard to case, as all forms are
         if len(raw) >= 4:
             # In base64 the secret's bytes sit at one of three offsets; the
             # characters made of its bits alone are the same whatever surrounds it.
@@ -1613,10 +1641,12 @@ def _secret_forms(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
     forms.discard("")
     if not forms:
         return None
-    return re.compile("|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True)))
+    # Without regard to case: an upper-cased token or hex is as good as the real one.
+    return re.compile("|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True)), re.IGNORECASE)
 
 
 _GAPS = re.compile(r"[\s\x00]+")
+_TAGS = re.compile(r"<[^<>]*>")
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{8,}")
 #: _reveals reads at most this much base64; a text with more is withheld.
 _MAX_BASE64_CHARS = 1024 * 1024
@@ -1628,13 +1658,14 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
     CDATA), NULs (UTF-16 inside UTF-8), spaces or line breaks (wrapped
     base64), text decoded with the wrong charset, or these under the escapes
     _mask knows."""
-    wanted = {_GAPS.sub("", view.text) for secret in secrets if secret for view in _views(secret)}
+    wanted = {_GAPS.sub("", view.text).casefold() for secret in secrets if secret for view in _views(secret)}
+    wanted |= {secret.encode("utf-8", "surrogatepass").hex() for secret in secrets if secret}
     wanted.discard("")
     if not wanted:
         return False
     import html  # noqa: PLC0415 (only shown text is checked)
 
-    untagged = re.sub(r"<[^<>]*>", "", re.sub(r"<!\[CDATA\[(.*?)\]\]>", r"\1", text, flags=re.DOTALL))
+    untagged = _TAGS.sub("", text.replace("<![CDATA[", "").replace("]]>", ""))
     mojibake = text.encode("latin-1", "ignore").decode("utf-8", "ignore")
     candidates = list(dict.fromkeys((text, html.unescape(text), untagged, mojibake)))
     budget = _MAX_BASE64_CHARS
@@ -1643,7 +1674,8 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
         for candidate in candidates:
             for view in views if views and candidate is text else _views(candidate):
                 joined = _GAPS.sub("", view.text)
-                if any(secret in joined for secret in wanted):
+                folded = joined.casefold()
+                if any(secret in folded for secret in wanted):
                     return True
                 if depth == 0:
                     runs.update(_BASE64_RUN.findall(joined))
@@ -1698,8 +1730,8 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 def _text(body: bytes, *, strict: bool) -> str:
     """The body as text; with ``strict``, a body in an encoding plexauth does
-    not read raises _Invalid, else undecodable bytes become U+FFFD."""
-    errors = "strict" if strict else "replace"
+    not read raises _Invalid, else it is read as well as can be (UTF-8, or
+    failing that Latin-1, which keeps every byte for masking to see)."""
     codec = "utf-8"
     for mark, name in _BOMS:
         if body.startswith(mark):
@@ -1716,9 +1748,11 @@ def _text(body: bytes, *, strict: bool) -> str:
                     raise _Invalid("the XML is in an encoding plexauth does not read (only UTF-8, UTF-16, Latin-1)")
                 codec = "utf-8"
     try:
-        text = body.decode(codec, errors)
+        text = body.decode(codec)
     except UnicodeDecodeError:
-        raise _Invalid(f"the body is not valid {codec.upper()}") from None
+        if strict:
+            raise _Invalid(f"the body is not valid {codec.upper()}") from None
+        text = body.decode("latin-1" if codec == "utf-8" else codec, "replace")
     if "\x00" in text:
         # No JSON or XML holds one; UTF-16 without its byte-order mark does.
         if strict:
@@ -1863,8 +1897,21 @@ def _error_details(text: str) -> tuple[int | None, str | None, tuple[Mapping[str
     first = errors[0]
     message = _str(first.get("message"))
     if message is not None:
-        message = " ".join(_CONTROL_CHARS.sub(" ", message).split())[:300] or None
+        message = " ".join(_CONTROL_CHARS.sub(" ", message).split()) or None
     return _int(first.get("code")), message, errors
+
+
+#: An error's ``.message`` keeps this many characters of the server's.
+_KEPT_MESSAGE = 300
+
+
+def _shown_value(value: Any, secrets: tuple[str, ...]) -> Any:
+    """A scalar fit to show: a string as _shown makes it, a number withheld when it spells a secret."""
+    if isinstance(value, str):
+        return _shown(value, secrets)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and _shown(str(value), secrets) != str(value):
+        return "***"
+    return value
 
 
 def _api_error(answer: _Answer, request: _Request) -> APIError:
@@ -1874,14 +1921,15 @@ def _api_error(answer: _Answer, request: _Request) -> APIError:
     # What parsing made of the text (entities, comments, joined spaces) is
     # masked again; when that, or _reveals, finds what masking the text did
     # not, the text hides a secret where it cannot be cut out: it is withheld.
-    errors = tuple(
-        {_shown(key, secrets): _shown(value, secrets) if isinstance(value, str) else value
-         for key, value in entry.items()}
-        for entry in parsed
-    )
+    errors = tuple({_shown(key, secrets): _shown_value(value, secrets) for key, value in entry.items()}
+                   for entry in parsed)
     message = None if parsed_message is None else _shown(parsed_message, secrets)
     withheld = errors != parsed or message != parsed_message or _reveals(text, secrets)
     body = b"" if withheld else text.encode("utf-8")[:_KEPT_ERROR_BODY]
+    if message is not None:
+        message = message[:_KEPT_MESSAGE]  # cut after masking: a cut secret would no longer be found
+    if _shown_value(code, secrets) != code:  # a number can be a secret too (a 2FA code)
+        code = None
     status = answer.status
     kwargs: dict[str, Any] = {"method": request.method, "path": request.path, "errors": errors, "body": body}
     cls: type[APIError] = APIError
@@ -1889,7 +1937,8 @@ def _api_error(answer: _Answer, request: _Request) -> APIError:
         cls = TwoFactorRequiredError
     elif status == 429 or code == _CODE_RATE_LIMITED:
         cls = RateLimitedError
-        kwargs["retry_after"] = _retry_after(answer.headers)
+        wait = _retry_after(answer.headers)
+        kwargs["retry_after"] = wait if _shown_value(wait, secrets) == wait else None
     elif (
         status == 401
         or (status == 403 and request.on_server)
@@ -1973,16 +2022,22 @@ def _call(config: Config, method: str, path: str, build: Callable[[Any], _T], *,
     revoked, so that none is left working that nobody has.
     """
     answer, sent = _send(config, method, path, **request)
+    _local.secrets = sent.secrets  # for the models made, whose reprs mask them
     try:
         return build(_parse(answer.body))
     except (ValueError, RecursionError) as exc:
         reason = str(exc) if isinstance(exc, _Invalid) else "the body could not be decoded"
+    finally:
+        _local.secrets = ()
     try:  # read leniently, only to find the token
         holder = _unwrap(_parse_text(_text(answer.body, strict=False)), minted or "") if minted else None
     except (ValueError, RecursionError):
         holder = None
-    token = _token(holder.get("authToken")) if isinstance(holder, dict) else None
-    if token is not None:
+    found = holder.get("authToken") if isinstance(holder, dict) else None
+    token = _token(found)
+    if found and token is None:
+        reason += "; the token in it could not be sent, so it could not be revoked"
+    elif token is not None:
         try:
             _send(_with_token(config, token), "DELETE", "/users/signout", on_server=False, deadline=sent.deadline)
         except PlexAuthError:
@@ -2612,21 +2667,26 @@ def _check_save_target(path: str | None) -> None:
             raise _UsageError(f"cannot write {path}: it is not a regular file (a folder, a link...)")
 
 
-def _save_token(config: Config, path: str, token: str) -> None:
-    """Write a token made by this run to ``path``; if that fails, revoke it
-    rather than leave a working token that nobody has."""
+def _hand_over(config: Config, args: Any, token: str, show: Callable[[], None]) -> None:
+    """Save the token this run made (``--save-token``), else ``show`` it; if
+    that fails, revoke it rather than leave a working token that nobody has."""
     try:
-        _write_private(path, token)
-    except OSError as exc:
-        why = exc.strerror or type(exc).__name__
+        if args.save_token:
+            _write_private(args.save_token, token)
+        else:
+            show()
+    except (OSError, ValueError) as exc:  # ValueError: standard output is closed
+        why = getattr(exc, "strerror", None) or type(exc).__name__
+        where = f"write the new token to {args.save_token}" if args.save_token else "print the new token"
         try:
             sign_out(_with_token(config, token))
         except PlexAuthError:
             fate = "it could not be revoked either: remove the device in the Plex app's settings"
         else:
             fate = "it was revoked, so that no working token is left behind; sign in again"
-        raise _Failure(f"cannot write the new token to {path} ({why}); {fate}") from None
-    print(f"plexauth: token saved to {path}", file=sys.stderr)
+        raise _Failure(f"cannot {where} ({why}); {fate}") from None
+    if args.save_token:
+        print(f"plexauth: token saved to {args.save_token}", file=sys.stderr)
 
 
 def _cmd_sign_in(args: Any, config: Config) -> int:
@@ -2644,15 +2704,13 @@ def _cmd_sign_in(args: Any, config: Config) -> int:
         args.secrets.append(code)
         account = post_users_sign_in_data(config, login, password, verification_code=code,
                                           remember_me=args.remember_me)
-    if args.save_token:
-        _save_token(config, args.save_token, account.auth_token)
-    if args.json:
-        data, _ = _account_summary(account)
-        if args.show_token:
-            data["authToken"] = account.auth_token
+    token = account.auth_token
+    data, _ = _account_summary(account)
+    if not args.save_token or args.show_token:  # the token is the answer, unless it went to a file
+        data["authToken"] = token
+    _hand_over(config, args, token, lambda: _show(args, data, [token]))
+    if args.json and args.save_token:
         _show(args, data, [])
-    elif not args.save_token:
-        print(account.auth_token)
     return 0
 
 
@@ -2700,10 +2758,7 @@ def _cmd_link(args: Any, config: Config) -> int:
     else:
         print(f"plexauth: go to {_LINK_URL} and enter the code {pin.code}{until}", file=sys.stderr, flush=True)
     token = wait_for_pin(config, pin, timeout=wait)
-    if args.save_token:
-        _save_token(config, args.save_token, token)
-    else:
-        _show(args, {"authToken": token}, [token])
+    _hand_over(config, args, token, lambda: _show(args, {"authToken": token}, [token]))
     return 0
 
 
@@ -2771,7 +2826,7 @@ def _parser() -> Any:
     sign_in.add_argument("--code", help="the verification code, if the account uses two-factor authentication")
     sign_in.add_argument("--remember-me", action="store_true", help="ask for a long-lived token")
     sign_in.add_argument("--save-token", metavar="FILE", help="write the token to FILE (mode 0600) instead")
-    sign_in.add_argument("--show-token", action="store_true", help="with --json, include the token")
+    sign_in.add_argument("--show-token", action="store_true", help="with --save-token and --json, print the token too")
 
     command("whoami", _cmd_whoami, "print the account behind the token (never the token)")
 

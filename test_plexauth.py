@@ -130,6 +130,18 @@ urllib3 1.26 and 2.x.
   2 MiB username printed by ``whoami`` under a 64 MiB address-space limit
   (``test_cli__printing_a_huge_account_stays_within_64_mib``), ``-v``
   tracebacks (``test_cli__verbose_tracebacks_are_masked_too``).
+- **Attack round 2**: error bodies made to cost time (unclosed CDATA, a key
+  on every few bytes, escapes between literals) end in time
+  (``test_deadline__error_bodies_made_to_cost_time_end_in_time``); secrets
+  spelt as numbers, cut by the 300-character message limit, in Latin-1
+  inside UTF-8, in hex, as ``\x`` escapes or upper-cased are withheld
+  (``test_hostile__secrets_as_numbers_cut_off_or_in_other_spellings``); a
+  redirect holding the token in hex is not followed
+  (``test_hostile__redirect_to_an_address_holding_the_token_in_hex_is_not_followed``);
+  model reprs mask echoes (``test_models__reprs_mask_what_the_server_echoed``);
+  a new token that cannot be printed is revoked
+  (``test_cli__a_token_that_cannot_be_printed_is_revoked``), one that cannot
+  be sent is said so (``test_signin__a_token_that_cannot_be_sent_is_said_so``).
 - **Command line**: no traceback without ``-v``, for odd server strings
   (``test_cli__no_traceback_for_odd_server_strings``), odd PINs
   (``test_cli__link_refuses_odd_pins_without_a_traceback``) or anything
@@ -3450,6 +3462,107 @@ def test_signin__a_token_that_cannot_be_revoked_is_said_so(fault_server: Any) ->
     assert info.value.reason == "'id' is missing or has the wrong type; the new token in it could not be revoked"
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b"<![CDATA[" * 14_000, b"&lt;![CDATA[" * 10_000, b"token=" * 20_000, b'"token": "' * 12_000,
+     b"token='" * 18_000, b"x" * 16 + b"%25252541" * 12_000],
+    ids=["cdata", "escaped-cdata", "query-keys", "json-keys", "xml-keys", "escapes-between-literals"],
+)
+def test_deadline__error_bodies_made_to_cost_time_end_in_time(fault_server: Any, body: bytes) -> None:
+    # Masking and withholding an error body take time linear in its size.
+    server = fault_server(keep_alive(lambda conn, request: conn.sendall(http_answer(401, body)) is None))
+    started = time.monotonic()
+    with raises(UnauthorizedError):
+        plexauth.get_token_details(hostile_config(server.port, total_timeout=2.0))
+    assert time.monotonic() - started < 2.0 + 1.5
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "headers"),
+    [
+        ("numeric-code", b'{"errors": [{"code": 4.711e3, "message": "m"}]}', {}),  # parsing makes 4711 of it
+        ("retry-after", b"", {"Retry-After": "4711"}),
+        ("cut-message", json.dumps({"errors": [{"code": 1, "message": "x" * 290 + " " + TOKEN[:8] + " "
+                                                + TOKEN[8:]}]}).encode(), {}),
+        ("latin-1-in-utf-8", b'{"errors": [{"code": 1, "message": "bad ' + "Pässwort".encode("latin-1") + b'"}]}',
+         {}),
+        ("hex", json.dumps({"errors": [{"code": 1, "message": "bad " + TOKEN.encode().hex()}]}).encode(), {}),
+        ("backslash-x", json.dumps({"errors": [{"code": 1, "message": f"got {PASSWORD.encode()!s}"}]}).encode(),
+         {}),
+        ("upper-case", json.dumps({"errors": [{"code": 1, "message": "bad " + TOKEN.upper()}]}).encode(), {}),
+    ],
+)
+def test_hostile__secrets_as_numbers_cut_off_or_in_other_spellings(fault_server: Any, name: str, body: bytes,
+                                                                     headers: dict[str, str]) -> None:
+    status = 429 if name == "retry-after" else 401
+    server = fault_server(keep_alive(lambda conn, request: conn.sendall(http_answer(status, body, headers)) is None))
+    code, password = ("4711", "Pässwort") if name in ("numeric-code", "retry-after", "latin-1-in-utf-8") else (
+        CODE, PASSWORD)
+    with raises(APIError) as info:
+        plexauth.post_users_sign_in_data(hostile_config(server.port), "me", password, verification_code=code)
+    sweep(info.value, (*CANARIES, code, password))
+    if name == "numeric-code":
+        assert info.value.code is None
+        assert info.value.errors == ({"code": "***", "message": "m"},)
+    if name == "retry-after":
+        assert info.value.retry_after is None
+
+
+def test_hostile__redirect_to_an_address_holding_the_token_in_hex_is_not_followed(fault_server: Any) -> None:
+    followed = []
+
+    def script(conn: socket.socket, request: Incoming) -> bool:
+        if request.path != "/api/v2/user":
+            followed.append(request.target)
+        conn.sendall(http_answer(302, b"", {"Location": "/next?h=" + TOKEN.encode().hex()}))
+        return True
+
+    server = fault_server(keep_alive(script))
+    with raises(APIError, match="302"):
+        plexauth.get_token_details(hostile_config(server.port))
+    assert followed == []
+
+
+def test_models__reprs_mask_what_the_server_echoed(fault_server: Any) -> None:
+    doc = {**ACCOUNT, "username": TOKEN, "email": f"{PASSWORD}@example.com",
+           "subscription": {**ACCOUNT["subscription"], "plan": CODE}}
+    server = fault_server(keep_alive(lambda conn, request: conn.sendall(
+        http_answer(201, json.dumps(doc).encode())) is None))
+    account = plexauth.post_users_sign_in_data(hostile_config(server.port), "me", PASSWORD, verification_code=CODE)
+    assert account.username == TOKEN  # the data is as sent...
+    for text in (repr(account), str(account), repr(account.subscription)):
+        assert_no_secret(text)  # ...its repr is not
+    assert "username='***'" in repr(account)
+    assert pickle.loads(pickle.dumps(account)) == account
+    assert "_secrets" not in vars(pickle.loads(pickle.dumps(account)))
+
+
+@pytest.mark.parametrize("command", [["sign-in", "--login", "me"], ["sign-in", "--login", "me", "--json"], ["link"]])
+def test_cli__a_token_that_cannot_be_printed_is_revoked(cli: Any, httpserver: HTTPServer,
+                                                         monkeypatch: pytest.MonkeyPatch, command: list[str]) -> None:
+    plex_tv = FakePlexTV(httpserver, pending=0)
+    plex_tv.tokens = {AUTH_TOKEN, PIN_TOKEN}
+    httpserver.expect_request("/api/v2/users/signin").respond_with_json(ACCOUNT, status=201)
+    monkeypatch.setenv("PLEX_CLIENT_IDENTIFIER", CLIENT_ID)
+    monkeypatch.setenv("PLEX_PASSWORD", PASSWORD)
+    closed = io.StringIO()
+    closed.close()
+    monkeypatch.setattr(sys, "stdout", closed)  # `plexauth sign-in >&-`
+    code, _, err = cli(*command)
+    assert code == 1
+    assert err.endswith("plexauth: error: cannot print the new token (ValueError); it was revoked, so that no "
+                        "working token is left behind; sign in again\n")
+    assert plex_tv.tokens == ({PIN_TOKEN} if command[0] == "sign-in" else {AUTH_TOKEN})
+
+
+def test_signin__a_token_that_cannot_be_sent_is_said_so(fault_server: Any) -> None:
+    server = fault_server(answer(http_answer(201, json.dumps({"id": 1, "authToken": "NEW\tTOKEN"}).encode())))
+    with raises(ResponseError) as info:
+        plexauth.post_users_sign_in_data(hostile_config(server.port), "me", PASSWORD)
+    assert info.value.reason == ("'uuid' is missing or has the wrong type; the token in it could not be sent, "
+                                 "so it could not be revoked")
+
+
 # --------------------------------------------------------------------------- the README's promises
 
 
@@ -3612,12 +3725,17 @@ def test_cli__sign_in_json_and_save_token(
 ) -> None:
     httpserver.expect_request("/api/v2/users/signin").respond_with_json(ACCOUNT, status=201)
     monkeypatch.setenv("PLEX_PASSWORD", PASSWORD)
-    code, out, _ = cli("sign-in", "--login", "me", "--json")
+    code, out, _ = cli("sign-in", "--login", "me", "--json", shown=(AUTH_TOKEN,))
     assert code == 0
-    summary = json.loads(out)
-    assert (summary["username"], summary["id"], "authToken" in summary) == ("Username", 13692262, False)
-    code, out, _ = cli("--json", "sign-in", "--login", "me", "--show-token", shown=(AUTH_TOKEN,))
+    summary = json.loads(out)  # the new token is the answer: never made and thrown away
+    assert (summary["username"], summary["id"], summary["authToken"]) == ("Username", 13692262, AUTH_TOKEN)
+    saved = tmp_path / "saved"
+    code, out, _ = cli("--json", "sign-in", "--login", "me", "--save-token", str(saved))
+    assert (code, "authToken" in json.loads(out), saved.read_text()) == (0, False, AUTH_TOKEN + "\n")
+    code, out, _ = cli("--json", "sign-in", "--login", "me", "--save-token", str(saved), "--show-token",
+                       shown=(AUTH_TOKEN,))
     assert json.loads(out)["authToken"] == AUTH_TOKEN
+    saved.unlink()
     target = tmp_path / "token"
     target.write_text("old")
     code, out, err = cli("sign-in", "--login", "me", "--save-token", str(target))
