@@ -134,7 +134,7 @@ urllib3 1.26 and 2.x.
   on every few bytes, escapes between literals) end in time
   (``test_deadline__error_bodies_made_to_cost_time_end_in_time``); secrets
   spelt as numbers, cut by the 300-character message limit, in Latin-1
-  inside UTF-8, in hex, as ``\x`` escapes or upper-cased are withheld
+  inside UTF-8, in hex, as ``\\x`` escapes or upper-cased are withheld
   (``test_hostile__secrets_as_numbers_cut_off_or_in_other_spellings``); a
   redirect holding the token in hex is not followed
   (``test_hostile__redirect_to_an_address_holding_the_token_in_hex_is_not_followed``);
