@@ -1094,6 +1094,14 @@ class _HTTPConnectionPool(urllib3.HTTPConnectionPool):
 class _HTTPSConnectionPool(urllib3.HTTPSConnectionPool):
     ConnectionCls = _HTTPSConnection
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The TLS settings are made here, for the first https pool: loading
+        # the system's CA store costs tens of milliseconds a plain-http run
+        # need not pay.  Given a context, urllib3 would load ca_certs into it
+        # again for each connection: it is loaded once, here.
+        kwargs["ssl_context"] = _tls_context(kwargs.pop("ca_certs", None), kwargs.get("cert_reqs"))
+        super().__init__(*args, **kwargs)
+
 
 class _TLSContext(ssl.SSLContext):
     """TLS settings in which OpenSSL checks the server's name during the
@@ -1109,26 +1117,31 @@ class _TLSContext(ssl.SSLContext):
                                    server_hostname or sock.getpeername()[0], session)
 
 
+@functools.lru_cache(maxsize=None)
+def _tls_context(ca_certs: str | None, cert_reqs: str | None) -> ssl.SSLContext:
+    context = _TLSContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, and checks names
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert_reqs == "CERT_NONE":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif ca_certs is None:
+        context.load_default_certs()
+    else:
+        context.load_verify_locations(cafile=ca_certs)
+    return context
+
+
 def _pool(verify: bool | str) -> urllib3.PoolManager:
     """The module's pool for this TLS setting, made on first use.  Two threads
     may make one at once; setdefault keeps the first, the other is dropped."""
     pool = _pools.get(verify)
-    return pool if pool is not None else _pools.setdefault(verify, _new_pool(verify))
-
-
-def _new_pool(verify: bool | str) -> urllib3.PoolManager:
-    context = _TLSContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, and checks names
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if verify is False:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    elif verify is True:
-        context.load_default_certs()
-    else:
-        context.load_verify_locations(cafile=verify)
-    pool = urllib3.PoolManager(num_pools=16, maxsize=8, ssl_context=context,
-                               cert_reqs="CERT_REQUIRED" if verify else "CERT_NONE")
-    pool.pool_classes_by_scheme = {"http": _HTTPConnectionPool, "https": _HTTPSConnectionPool}
+    if pool is None:
+        tls: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED" if verify else "CERT_NONE"}
+        if isinstance(verify, str):
+            tls["ca_certs"] = verify
+        made = urllib3.PoolManager(num_pools=16, maxsize=8, **tls)
+        made.pool_classes_by_scheme = {"http": _HTTPConnectionPool, "https": _HTTPSConnectionPool}
+        pool = _pools.setdefault(verify, made)
     return pool
 
 
@@ -1140,7 +1153,7 @@ def _header_text(value: str) -> str:
 class _Prepared:
     """What every request made with one Config shares, worked out once."""
 
-    __slots__ = ("headers", "origins")
+    __slots__ = ("headers", "origins", "timeout")
 
     def __init__(self, config: Config) -> None:
         plain = {"Accept": "application/json", "User-Agent": f"plexauth/{__version__}"}
@@ -1158,6 +1171,7 @@ class _Prepared:
             (base.rstrip("/"), (urllib3.util.parse_url(base).path or "").rstrip("/"))
             for base in (config.plex_tv_url, config.server_url)
         )
+        self.timeout = urllib3.Timeout(connect=config.timeout, read=config.timeout)
 
 
 def _prepared(config: Config) -> _Prepared:
@@ -1174,7 +1188,7 @@ def _prepared(config: Config) -> _Prepared:
 class _Request:
     """One operation's request, as it goes through the core."""
 
-    __slots__ = ("body", "config", "deadline", "headers", "method", "on_server", "path", "secrets", "url")
+    __slots__ = ("body", "config", "deadline", "headers", "method", "on_server", "path", "secrets", "timeout", "url")
 
     def __init__(self, config: Config, method: str, url: str, path: str, headers: dict[str, str],
                  body: bytes | None, on_server: bool, secrets: tuple[str, ...], deadline: float) -> None:
@@ -1187,6 +1201,7 @@ class _Request:
         self.on_server = on_server
         self.secrets = secrets  # what the server may echo, to be masked in all it sends back
         self.deadline = deadline  # time.monotonic() by which the whole call ends
+        self.timeout = _prepared(config).timeout
 
     def failed(self, reason: str) -> TransportError:
         return TransportError(_shown(reason, self.secrets), method=self.method, path=self.path)
@@ -1251,7 +1266,8 @@ def _exchange(request: _Request, url: str, headers: dict[str, str]) -> _Answer:
     reason = None
     _local.deadline = request.deadline
     try:
-        timeout = min(request.config.timeout, _seconds_left(request.deadline))
+        left = _seconds_left(request.deadline)
+        timeout = request.timeout if left >= request.config.timeout else urllib3.Timeout(connect=left, read=left)
         response = _pool(request.config.verify).urlopen(
             request.method,
             url,
@@ -1259,7 +1275,7 @@ def _exchange(request: _Request, url: str, headers: dict[str, str]) -> _Answer:
             headers=headers,
             retries=_NO_RETRIES,
             redirect=False,
-            timeout=urllib3.Timeout(connect=timeout, read=timeout),
+            timeout=timeout,
             preload_content=False,
             decode_content=False,
             enforce_content_length=True,  # urllib3 1.26 would take a cut body for a whole one

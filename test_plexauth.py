@@ -1797,14 +1797,15 @@ def test_transport__https_to_plain_http_is_tls_failure(httpserver: HTTPServer) -
 def test_transport__module_pool_per_tls_setting(httpserver: HTTPServer, config: Config, tls_server: Any,
                                                 tmp_path: Any) -> None:
     httpserver.expect_request("/security/token").respond_with_json({"MediaContainer": {"token": TRANSIENT}})
-    _, bundle = tls_server
+    server, bundle = tls_server
     for verify in (True, bundle):
         assert plexauth.get_transient_token(dataclasses.replace(config, verify=verify)) == TRANSIENT
     assert plexauth._pools[True] is not plexauth._pools[bundle]
     empty = tmp_path / "ca.pem"
-    empty.write_text("")  # a file, but no CA bundle
+    empty.write_text("")  # a file, but no CA bundle: found when a TLS connection needs it
+    https = dataclasses.replace(config, verify=str(empty), retries=0, server_url=server.url_for(""))
     with raises(TransportError, match=r"TLS failed \(.*no certificate"):
-        plexauth.get_transient_token(dataclasses.replace(config, verify=str(empty), retries=0))
+        plexauth.get_transient_token(https)
 
 
 class CountingServer(http.server.ThreadingHTTPServer):
