@@ -105,6 +105,7 @@ _log.addHandler(logging.NullHandler())
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _INT_TEXT = re.compile(r"[+-]?[0-9]{1,18}")
+_INT_RANGE = 2**63
 
 # X-Plex-* headers, in the order they are sent, from Config fields.
 _PLEX_HEADERS = (
@@ -540,13 +541,12 @@ def _str(value: Any) -> str | None:
 def _int(value: Any) -> int | None:
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value
     if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    elif isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
         return int(value)
-    if isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
-        return int(value)
-    return None
+    # Plex's integers are 64-bit; a larger one (1e308 is a 1024-bit int) is not an answer.
+    return value if isinstance(value, int) and -_INT_RANGE <= value < _INT_RANGE else None
 
 
 def _bool(value: Any) -> bool | None:
@@ -589,7 +589,7 @@ def _nonempty(value: Any) -> str | None:
 
 
 # A value of this type is already what the converter would return.
-_UNCONVERTED: dict[Callable[[Any], Any], type] = {_str: str, _int: int, _bool: bool}
+_UNCONVERTED: dict[Callable[[Any], Any], type] = {_str: str, _bool: bool}
 
 
 def _items(value: Any) -> list[Any]:
@@ -679,8 +679,7 @@ def _one(cls: type[_M]) -> Callable[[Any], _M | None]:
 
 def _many(cls: type[_M]) -> Callable[[Any], tuple[_M, ...]]:
     def convert(value: Any) -> tuple[_M, ...]:
-        decode = cls._decode  # type: ignore[attr-defined]  # _build's work, once per list
-        return tuple([decode(item) for item in _items(value) if item.__class__ is dict])
+        return tuple([_build(cls, item) for item in _items(value) if item.__class__ is dict])
 
     return convert
 
@@ -969,9 +968,11 @@ _REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
 _RETRY_STATUSES = frozenset((429, 502, 503, 504))
 # Retries and redirects are ours (_send, _fetch): urllib3 does neither.
 _NO_RETRIES = urllib3.util.Retry(total=False, redirect=False)
-#: An error's ``.body`` keeps this much.  Twice as much is read, so that a
-#: secret the server echoed across the cut is whole, and masked, before it.
-_KEPT_ERROR_BODY = 64 * 1024
+#: An error's ``.body`` keeps this much (plex.tv's error bodies are under
+#: 1 KB, a server's HTML error page a few KB).  Twice as much is read, so that
+#: a secret the server echoed across the cut is whole, and masked, before it;
+#: masking costs CPU time after the last byte, so it is kept small.
+_KEPT_ERROR_BODY = 16 * 1024
 _READ_ERROR_BODY = 2 * _KEPT_ERROR_BODY
 # A final answer may follow a few interim ones (103 Early Hints, 100 Continue).
 _MAX_INTERIM_ANSWERS = 8
@@ -1029,6 +1030,10 @@ class _DeadlineReader(io.RawIOBase):
         super().close()
 
 
+_MAX_CHUNK_LINE = 65536  # as http.client's
+_CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,16}")
+
+
 class _Response(http.client.HTTPResponse):
     """http.client's answer, made safe for a shared pool of connections.
 
@@ -1055,6 +1060,16 @@ class _Response(http.client.HTTPResponse):
                 return version, status, reason
             http.client.parse_headers(self.fp)  # the interim answer's; the final one follows
         raise _Unusable(f"more than {_MAX_INTERIM_ANSWERS} interim (1xx) answers")
+
+    def _read_next_chunk_size(self) -> int:
+        # http.client's int(line, 16) also takes "-1" (which it then reads as
+        # "to the end of the stream", unbounded), "+1", "1_0" and blanks.
+        line = self.fp.readline(_MAX_CHUNK_LINE + 1)
+        size = line.split(b";", 1)[0].strip()
+        if len(line) > _MAX_CHUNK_LINE or not _CHUNK_SIZE.fullmatch(size):
+            self._close_conn()
+            raise ValueError("a chunk size that is not up to 16 hexadecimal digits")  # IncompleteRead to urllib3
+        return int(size, 16)
 
     def begin(self) -> None:
         super().begin()
@@ -1108,11 +1123,15 @@ class _TLSContext(ssl.SSLContext):
     handshake.  urllib3 1.26 checks names itself, and when one does not match
     it logs the certificate, which a server may fill with what it was sent;
     for an IP address it does not even pass the name on, so it is taken from
-    the socket's peer here."""
+    the socket's peer here.  The handshake gets what is left of the call's
+    time, not a new connect timeout after the connect has taken its own."""
 
     def wrap_socket(self, sock: socket.socket, server_side: bool = False, do_handshake_on_connect: bool = True,
                     suppress_ragged_eofs: bool = True, server_hostname: str | bytes | None = None,
                     session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
+        left = _seconds_left(_local.deadline)
+        timeout = sock.gettimeout()
+        sock.settimeout(left if timeout is None else min(timeout, left))
         return super().wrap_socket(sock, server_side, do_handshake_on_connect, suppress_ragged_eofs,
                                    server_hostname or sock.getpeername()[0], session)
 
@@ -1664,16 +1683,20 @@ def _secret_forms(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
 _GAPS = re.compile(r"[\s\x00]+")
 _TAGS = re.compile(r"<[^<>]*>")
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{8,}")
-#: _reveals reads at most this much base64; a text with more is withheld.
-_MAX_BASE64_CHARS = 1024 * 1024
+_HEX_RUN = re.compile(r"(?:[0-9a-fA-F]{2}){4,}")
+#: _reveals decodes base64 and hex this many times over (hex of base64, base64 twice...).
+_DECODE_DEPTH = 2
+#: _reveals reads at most this much decoded text; a text that needs more is withheld.
+_MAX_DECODED_CHARS = 1024 * 1024
 
 
 def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = None) -> bool:
     """Whether ``text`` still gives a secret away to a reader who undoes more
     than _mask can place: markup between its characters (an XML comment or
     CDATA), NULs (UTF-16 inside UTF-8), spaces or line breaks (wrapped
-    base64), text decoded with the wrong charset, or these under the escapes
-    _mask knows."""
+    base64), text decoded with the wrong charset (UTF-16 read as UTF-8 or
+    Latin-1, UTF-8 as Latin-1), more escapes than _mask undoes, base64 or hex
+    of any of these, up to _DECODE_DEPTH times over."""
     wanted = {_GAPS.sub("", view.text).casefold() for secret in secrets if secret for view in _views(secret)}
     wanted |= {secret.encode("utf-8", "surrogatepass").hex() for secret in secrets if secret}
     wanted.discard("")
@@ -1682,35 +1705,57 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
     import html  # noqa: PLC0415 (only shown text is checked)
 
     untagged = _TAGS.sub("", text.replace("<![CDATA[", "").replace("]]>", ""))
-    mojibake = text.encode("latin-1", "ignore").decode("utf-8", "ignore")
-    candidates = list(dict.fromkeys((text, html.unescape(text), untagged, mojibake)))
-    budget = _MAX_BASE64_CHARS
-    for depth in range(2):  # the text, then what base64 in it says
+    candidates = [text, html.unescape(text), untagged, *_readings(text.encode("latin-1", "ignore"))]
+    if not text.isascii():
+        candidates += _readings(text.encode("utf-8", "surrogatepass"))
+    budget = _MAX_DECODED_CHARS
+    for depth in range(_DECODE_DEPTH + 1):
         runs: set[str] = set()
-        for candidate in candidates:
-            for view in views if views and candidate is text else _views(candidate):
+        deeper = []
+        for candidate in dict.fromkeys(candidates):
+            candidate_views = views if views and candidate is text else _views(candidate)
+            for view in candidate_views:
                 joined = _GAPS.sub("", view.text)
                 folded = joined.casefold()
                 if any(secret in folded for secret in wanted):
                     return True
-                if depth == 0:
+                if depth < _DECODE_DEPTH:
                     runs.update(_BASE64_RUN.findall(joined))
-        budget -= sum(map(len, runs))
+                    runs.update(_HEX_RUN.findall(joined))
+            if len(candidate_views) > _UNESCAPE_PASSES:  # escaped more times over than the views undo
+                deeper.append(candidate_views[-1].text)
+        candidates = deeper + [decoded for run in runs for decoded in _decoded(run)]
+        budget -= sum(map(len, candidates))
         if budget < 0:
             return True  # more than can be looked through: withheld, to be safe
-        candidates = ["\n".join(decoded for run in runs for decoded in _base64_texts(run))]
     return False
 
 
-def _base64_texts(run: str) -> list[str]:
-    """What ``run`` says in base64, read from each of its first four characters."""
+def _readings(data: bytes) -> list[str]:
+    """``data`` read as UTF-8 and as UTF-16 from either end, from its first
+    two bytes (what a reader may try on bytes of unknown encoding)."""
+    return [data.decode("utf-8", "ignore")] + [
+        data[start:].decode(encoding, "ignore") for encoding in ("utf-16-le", "utf-16-be") for start in range(2)
+    ]
+
+
+def _decoded(run: str) -> list[str]:
+    """What ``run`` may say in base64 (read from each of its first four
+    characters, a last partial group too) or in hex (from either of its
+    first two), each as _readings reads it."""
     import base64  # noqa: PLC0415 (only masking needs it)
 
     texts = []
+    standard = run.translate(str.maketrans("-_", "+/"))
     for start in range(4):
+        chunk = standard[start:]
+        chunk = chunk[: len(chunk) - (len(chunk) % 4 == 1)]  # one character left over carries no byte
+        texts += _readings(base64.b64decode(chunk + "=" * (-len(chunk) % 4)))
+    for start in range(2):
         chunk = run[start:]
-        data = base64.b64decode(chunk[: len(chunk) // 4 * 4].translate(str.maketrans("-_", "+/")))
-        texts.append(data.decode("utf-8", "ignore"))
+        chunk = chunk[: len(chunk) // 2 * 2]
+        if _HEX_RUN.fullmatch(chunk):
+            texts += _readings(bytes.fromhex(chunk))
     return texts
 
 
@@ -1737,7 +1782,7 @@ _XML_ENCODINGS = {
 }
 #: Objects, lists (JSON) or elements and attributes (XML) a body may hold:
 #: Plex answers hold tens to a few thousand, and each costs memory once parsed.
-_MAX_NODES = 100_000
+_MAX_NODES = 10_000
 # Plex documents are shallow; anything deeper is hostile or broken.
 _MAX_XML_DEPTH = 32
 _LONE_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -1888,6 +1933,10 @@ def _xml_twin(tag: str, attributes: dict[str, str], children: list[tuple[str, An
 # -----------------------------------------------------------------------------
 
 
+#: ``.errors`` keeps the first entries (plex.tv sends one); each is masked.
+_KEPT_ERRORS = 16
+
+
 def _error_details(text: str) -> tuple[int | None, str | None, tuple[Mapping[str, Any], ...]]:
     """(code, message, entries) of a plex.tv error body, JSON or XML, if any.
 
@@ -1901,7 +1950,7 @@ def _error_details(text: str) -> tuple[int | None, str | None, tuple[Mapping[str
     entries: list[Any] = []
     if isinstance(doc, dict):
         found = doc.get("errors", doc.get("error"))
-        entries = found if isinstance(found, list) else [found] if found else []
+        entries = found[:_KEPT_ERRORS] if isinstance(found, list) else [found] if found else []
     errors = tuple(
         {key: value for key, value in item.items() if isinstance(value, (str, int, float, bool)) or value is None}
         if isinstance(item, dict) else {"message": item}
