@@ -1697,17 +1697,18 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
     base64), text decoded with the wrong charset (UTF-16 read as UTF-8 or
     Latin-1, UTF-8 as Latin-1), more escapes than _mask undoes, base64 or hex
     of any of these, up to _DECODE_DEPTH times over."""
-    wanted = {_GAPS.sub("", view.text).casefold() for secret in secrets if secret for view in _views(secret)}
-    wanted |= {secret.encode("utf-8", "surrogatepass").hex() for secret in secrets if secret}
-    wanted.discard("")
+    wanted = _wanted(secrets)
     if not wanted:
         return False
     import html  # noqa: PLC0415 (only shown text is checked)
 
     untagged = _TAGS.sub("", text.replace("<![CDATA[", "").replace("]]>", ""))
-    candidates = [text, html.unescape(text), untagged, *_readings(text.encode("latin-1", "ignore"))]
+    readings = _readings(text.encode("latin-1", "ignore"))
     if not text.isascii():
-        candidates += _readings(text.encode("utf-8", "surrogatepass"))
+        readings += _readings(text.encode("utf-8", "surrogatepass"))
+    # Texts a reader might make of it; the many made by decoding are looked
+    # through as one (a secret split across two of them is withheld too: safe).
+    candidates = [text, html.unescape(text), untagged, "\n".join(readings)]
     budget = _MAX_DECODED_CHARS
     for depth in range(_DECODE_DEPTH + 1):
         runs: set[str] = set()
@@ -1724,11 +1725,20 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
                     runs.update(_HEX_RUN.findall(joined))
             if len(candidate_views) > _UNESCAPE_PASSES:  # escaped more times over than the views undo
                 deeper.append(candidate_views[-1].text)
-        candidates = deeper + [decoded for run in runs for decoded in _decoded(run)]
-        budget -= sum(map(len, candidates))
+        budget -= sum(map(len, deeper)) + 4 * sum(map(len, runs))  # each run is read four ways
         if budget < 0:
             return True  # more than can be looked through: withheld, to be safe
+        candidates = [*deeper, "\n".join(decoded for run in runs for decoded in _decoded(run))]
     return False
+
+
+@functools.lru_cache(maxsize=16)
+def _wanted(secrets: tuple[str, ...]) -> frozenset[str]:
+    """What _reveals looks for: each secret's views, without gaps and case, and its hex."""
+    wanted = {_GAPS.sub("", view.text).casefold() for secret in secrets if secret for view in _views(secret)}
+    wanted |= {secret.encode("utf-8", "surrogatepass").hex() for secret in secrets if secret}
+    wanted.discard("")
+    return frozenset(wanted)
 
 
 def _readings(data: bytes) -> list[str]:
@@ -1741,8 +1751,8 @@ def _readings(data: bytes) -> list[str]:
 
 def _decoded(run: str) -> list[str]:
     """What ``run`` may say in base64 (read from each of its first four
-    characters, a last partial group too) or in hex (from either of its
-    first two), each as _readings reads it."""
+    characters, a last partial group too) as UTF-8, or in hex (from either of
+    its first two) as _readings reads it (hex of UTF-16 is a form seen)."""
     import base64  # noqa: PLC0415 (only masking needs it)
 
     texts = []
@@ -1750,7 +1760,7 @@ def _decoded(run: str) -> list[str]:
     for start in range(4):
         chunk = standard[start:]
         chunk = chunk[: len(chunk) - (len(chunk) % 4 == 1)]  # one character left over carries no byte
-        texts += _readings(base64.b64decode(chunk + "=" * (-len(chunk) % 4)))
+        texts.append(base64.b64decode(chunk + "=" * (-len(chunk) % 4)).decode("utf-8", "ignore"))
     for start in range(2):
         chunk = run[start:]
         chunk = chunk[: len(chunk) // 2 * 2]
@@ -1759,9 +1769,17 @@ def _decoded(run: str) -> list[str]:
     return texts
 
 
+#: Text to show that is longer than this (no string of a Plex answer is) is
+#: withheld when there are secrets to look for: looking through megabytes for
+#: every form of them would cost more time and memory than a call may take.
+_MAX_SHOWN_CHARS = 64 * 1024
+
+
 def _shown(text: str, secrets: tuple[str, ...], *, keys: bool = True) -> str:
     """``text`` fit to show: masked, or withheld whole when a secret is still
     in it in a form that cannot be cut out."""
+    if len(text) > _MAX_SHOWN_CHARS and any(secrets):
+        return "***"
     views = _views(text)
     masked = _mask(text, secrets, keys=keys, views=views)
     return "***" if _reveals(masked, secrets, views if masked is text else None) else masked
