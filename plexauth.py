@@ -351,17 +351,27 @@ class _Record:
         return hash(self._key())
 
     def __repr__(self) -> str:
-        parts = []
-        for spec in self._specs:
-            if not spec.repr:
-                continue
-            value = self.__dict__[spec.name]
-            if spec.metadata.get("secret") and value is not None:
-                parts.append(f"{spec.name}='***'")
-            else:
-                parts.append(f"{spec.name}={value!r}")
+        # The outermost repr masks the whole text once, with the secrets of
+        # every model in it (each decoded model keeps its request's).
+        outermost = _local.repr_secrets is None
+        gathered: set[str] = set() if _local.repr_secrets is None else _local.repr_secrets
+        _local.repr_secrets = gathered
+        gathered.update(self.__dict__.get("_secrets") or ())  # set when decoded from an answer
+        try:
+            parts = []
+            for spec in self._specs:
+                if not spec.repr:
+                    continue
+                value = self.__dict__[spec.name]
+                if spec.metadata.get("secret") and value is not None:
+                    parts.append(f"{spec.name}='***'")
+                else:
+                    parts.append(f"{spec.name}={value!r}")
+        finally:
+            if outermost:
+                _local.repr_secrets = None
         text = f"{type(self).__name__}({', '.join(parts)})"
-        secrets = self.__dict__.get("_secrets")  # set when decoded from an answer
+        secrets = tuple(sorted(secret for secret in gathered if secret)) if outermost else ()
         return _shown(text, secrets, keys=False) if secrets else text
 
     __str__ = __repr__
@@ -987,6 +997,20 @@ class _CallState(threading.local):
 
     deadline = 0.0
     secrets: tuple[str, ...] = ()
+    # Masking what a server sent (an error body, a redirect) ends by the call's
+    # deadline too: past it, what is left to mask is withheld (_OutOfTime).
+    masking_deadline = math.inf
+    # Inside a model's repr: the secrets of the models in it, for the outermost to mask.
+    repr_secrets: set[str] | None = None
+
+
+class _OutOfTime(Exception):
+    """Masking ran past the call's deadline: what it was masking is withheld."""
+
+
+# Texts this short are masked in well under a millisecond, deadline or not
+# (a reason, a message): only longer ones are withheld past it.
+_QUICK_TO_MASK = 4096
 
 
 _local = _CallState()
@@ -1470,8 +1494,8 @@ _ESCAPES = re.compile(
     r"\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})"  # JSON, a surrogate pair
     r"|\\u([0-9a-fA-F]{4})|\\([\"\\/bfnrt])"  # JSON
     r"|&#0*([0-9]{1,7});?|&#[xX]0*([0-9a-fA-F]{1,6});?|&([A-Za-z][A-Za-z0-9]{1,31};?)"  # XML and HTML
-    r"|((?:%[0-9a-fA-F]{2}){1,64})|((?:\\x[0-9a-fA-F]{2}){1,64})|(\+)"  # percent-encoding, + for a space; \xNN
-    # (runs are bounded: re keeps a stack per repeat)
+    # A run of percent or \x escapes is decoded whole: a character's UTF-8 bytes may span any number of them.
+    r"|((?:%[0-9a-fA-F]{2})+)|((?:\\x[0-9a-fA-F]{2})+)|(\+)"  # percent-encoding, + for a space; \xNN
 )
 _JSON_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 # Values under keys ending in these names (authToken, accessToken, token,
@@ -1533,6 +1557,8 @@ class _View:
     def unescaped(self) -> _View | None:
         """This text with one level of escapes undone; None when it holds none."""
         text = self.text
+        if len(text) > _QUICK_TO_MASK and time.monotonic() > _local.masking_deadline:
+            raise _OutOfTime
         view = _View("", self)
         out = io.StringIO()  # not a list of pieces: a text of many escapes would make millions
         length = position = 0
@@ -1681,13 +1707,15 @@ def _secret_forms(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
 
 
 _GAPS = re.compile(r"[\s\x00]+")
-_TAGS = re.compile(r"<[^<>]*>")
+# Markup a reader would not see: comments (which may hold < and >), then tags
+# (whose quoted attribute values may).
+_TAGS = re.compile(r"<!--.*?-->|<(?:[^<>\"']|\"[^\"]*\"|'[^']*')*>", re.DOTALL)
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{8,}")
 _HEX_RUN = re.compile(r"(?:[0-9a-fA-F]{2}){4,}")
 #: _reveals decodes base64 and hex this many times over (hex of base64, base64 twice...).
 _DECODE_DEPTH = 2
 #: _reveals reads at most this much decoded text; a text that needs more is withheld.
-_MAX_DECODED_CHARS = 1024 * 1024
+_MAX_DECODED_CHARS = 200_000
 
 
 def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = None) -> bool:
@@ -1696,7 +1724,8 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
     CDATA), NULs (UTF-16 inside UTF-8), spaces or line breaks (wrapped
     base64), text decoded with the wrong charset (UTF-16 read as UTF-8 or
     Latin-1, UTF-8 as Latin-1), more escapes than _mask undoes, base64 or hex
-    of any of these, up to _DECODE_DEPTH times over."""
+    of any of these, up to _DECODE_DEPTH times over.  Past the call's
+    deadline it raises _OutOfTime (through _View.unescaped)."""
     wanted = _wanted(secrets)
     if not wanted:
         return False
@@ -1712,7 +1741,6 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
     budget = _MAX_DECODED_CHARS
     for depth in range(_DECODE_DEPTH + 1):
         runs: set[str] = set()
-        deeper = []
         for candidate in dict.fromkeys(candidates):
             candidate_views = views if views and candidate is text else _views(candidate)
             for view in candidate_views:
@@ -1723,12 +1751,12 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
                 if depth < _DECODE_DEPTH:
                     runs.update(_BASE64_RUN.findall(joined))
                     runs.update(_HEX_RUN.findall(joined))
-            if len(candidate_views) > _UNESCAPE_PASSES:  # escaped more times over than the views undo
-                deeper.append(candidate_views[-1].text)
-        budget -= sum(map(len, deeper)) + 4 * sum(map(len, runs))  # each run is read four ways
+            if len(candidate_views) > _UNESCAPE_PASSES:
+                return True  # escaped more times over than the views undo: withheld, to be safe
+        budget -= 4 * sum(map(len, runs))  # each run is read four ways
         if budget < 0:
             return True  # more than can be looked through: withheld, to be safe
-        candidates = [*deeper, "\n".join(decoded for run in runs for decoded in _decoded(run))]
+        candidates = ["\n".join(decoded for run in runs for decoded in _decoded(run))]
     return False
 
 
@@ -1751,8 +1779,8 @@ def _readings(data: bytes) -> list[str]:
 
 def _decoded(run: str) -> list[str]:
     """What ``run`` may say in base64 (read from each of its first four
-    characters, a last partial group too) as UTF-8, or in hex (from either of
-    its first two) as _readings reads it (hex of UTF-16 is a form seen)."""
+    characters, a last partial group too) or in hex (from either of its
+    first two), each as _readings reads it."""
     import base64  # noqa: PLC0415 (only masking needs it)
 
     texts = []
@@ -1760,7 +1788,7 @@ def _decoded(run: str) -> list[str]:
     for start in range(4):
         chunk = standard[start:]
         chunk = chunk[: len(chunk) - (len(chunk) % 4 == 1)]  # one character left over carries no byte
-        texts.append(base64.b64decode(chunk + "=" * (-len(chunk) % 4)).decode("utf-8", "ignore"))
+        texts += _readings(base64.b64decode(chunk + "=" * (-len(chunk) % 4)))
     for start in range(2):
         chunk = run[start:]
         chunk = chunk[: len(chunk) // 2 * 2]
@@ -1780,9 +1808,14 @@ def _shown(text: str, secrets: tuple[str, ...], *, keys: bool = True) -> str:
     in it in a form that cannot be cut out."""
     if len(text) > _MAX_SHOWN_CHARS and any(secrets):
         return "***"
-    views = _views(text)
-    masked = _mask(text, secrets, keys=keys, views=views)
-    return "***" if _reveals(masked, secrets, views if masked is text else None) else masked
+    if not keys and len(text) < min((len(secret) for secret in secrets if secret), default=0):
+        return text  # every form of a secret is at least as long as the secret
+    try:
+        views = _views(text)
+        masked = _mask(text, secrets, keys=keys, views=views)
+        return "***" if _reveals(masked, secrets, views if masked is text else None) else masked
+    except _OutOfTime:
+        return "***"
 
 
 # -----------------------------------------------------------------------------
@@ -1801,6 +1834,8 @@ _XML_ENCODINGS = {
 #: Objects, lists (JSON) or elements and attributes (XML) a body may hold:
 #: Plex answers hold tens to a few thousand, and each costs memory once parsed.
 _MAX_NODES = 10_000
+#: Strings (keys and values) a JSON body may hold: an account has a few hundred.
+_MAX_STRINGS = 100_000
 # Plex documents are shallow; anything deeper is hostile or broken.
 _MAX_XML_DEPTH = 32
 _LONE_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -1850,6 +1885,8 @@ def _parse_text(text: str) -> Any:
     if start in ("{", "["):
         if text.count("{") + text.count("[") > _MAX_NODES:
             raise _Invalid(f"the JSON holds more than {_MAX_NODES} objects and lists")
+        if text.count('"') > 2 * _MAX_STRINGS:  # each string costs 50 to 80 bytes once parsed
+            raise _Invalid(f"the JSON holds more than {_MAX_STRINGS} strings")
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -1997,9 +2034,9 @@ def _shown_value(value: Any, secrets: tuple[str, ...]) -> Any:
     return value
 
 
-def _api_error(answer: _Answer, request: _Request) -> APIError:
-    secrets = request.secrets
-    text = _mask(_text(answer.body, strict=False), secrets)
+def _shown_error(text: str, secrets: tuple[str, ...]) -> tuple[int | None, str | None, tuple[Any, ...], bytes]:
+    """(code, message, errors, body) of an error body, fit to show."""
+    text = _mask(text, secrets)
     code, parsed_message, parsed = _error_details(text)
     # What parsing made of the text (entities, comments, joined spaces) is
     # masked again; when that, or _reveals, finds what masking the text did
@@ -2013,6 +2050,18 @@ def _api_error(answer: _Answer, request: _Request) -> APIError:
         message = message[:_KEPT_MESSAGE]  # cut after masking: a cut secret would no longer be found
     if _shown_value(code, secrets) != code:  # a number can be a secret too (a 2FA code)
         code = None
+    return code, message, errors, body
+
+
+def _api_error(answer: _Answer, request: _Request) -> APIError:
+    secrets = request.secrets
+    text = _text(answer.body, strict=False)
+    try:
+        code, message, errors, body = _shown_error(text, secrets)
+    except _OutOfTime:  # the deadline passed while masking: only the status and code are kept
+        code, message, errors, body = _error_details(text)[0], None, (), b""
+        if any(str(code) in secret for secret in secrets if secret):
+            code = None
     status = answer.status
     kwargs: dict[str, Any] = {"method": request.method, "path": request.path, "errors": errors, "body": body}
     cls: type[APIError] = APIError
@@ -2072,7 +2121,17 @@ def _send(
     request = _Request(config, method, url, base_path + path, headers, body, on_server,
                        (config.token or "", *secrets), ends if deadline is None else min(deadline, ends))
     tries = config.retries + 1 if method == "GET" else 1
+    _local.masking_deadline = request.deadline
+    try:
+        return _tries(request, tries), request
+    finally:
+        _local.masking_deadline = math.inf
+
+
+def _tries(request: _Request, tries: int) -> _Answer:
+    """``request`` sent up to ``tries`` times: its 2xx answer, or the error of the last try."""
     attempt = 0
+    method = request.method
     while True:
         attempt += 1
         failure: PlexAuthError | None = None
@@ -2082,7 +2141,7 @@ def _send(
             failure, wait = exc, None
         else:
             if 200 <= answer.status < 300:
-                return answer, request
+                return answer
             wait = _retry_after(answer.headers)
             if answer.status not in _RETRY_STATUSES or (wait or 0) > MAX_RETRY_WAIT_SECONDS:
                 break

@@ -9,7 +9,7 @@ needed); ``test_readme__guarantees_name_real_tests`` fails if a name here is
 not a test or a figure differs from the suite's. ``.ci/run`` runs them all on
 urllib3 1.26 and 2.x.
 
-- **Any answer**: for 2 000 generated answers per operation in CI (16 000 in
+- **Any answer**: for 1 000 generated answers per operation in CI (8 000 in
   all, for the 8 operations that talk HTTP; 150 per operation in a local
   run), an operation returns its model (``None`` for ``ping`` and
   ``sign_out``) or raises a ``PlexAuthError``, and nothing else escapes. The answers vary the
@@ -30,7 +30,7 @@ urllib3 1.26 and 2.x.
   (``test_hostile__interim_answers_are_skipped``); a connection whose answer
   was not read to the end is not reused
   (``test_hostile__a_connection_goes_back_to_the_pool_only_when_read_to_the_end``).
-- **Memory**: every operation against 24 hostile bodies (a 256 MiB gzip bomb,
+- **Memory**: every operation against 25 hostile bodies (a 256 MiB gzip bomb,
   ``gzip, gzip``, a deflate bomb, half a million XML elements, a billion
   laughs in UTF-8 and UTF-16, ``encoding="rot13"``, ``"x-unknown"`` and
   ``"hex"``, 200 000-deep JSON, a body that never ends, a chunk of size
@@ -50,7 +50,10 @@ urllib3 1.26 and 2.x.
   (``test_deadline__stalling_redirect_chain_and_retries``), a TLS handshake
   trickled through a proxy (``test_deadline__trickled_tls_handshake``), a
   TLS handshake that never comes after a connect slowed by a full accept
-  queue (``test_deadline__tls_handshake_gets_what_is_left_after_a_slow_connect``); a
+  queue (``test_deadline__tls_handshake_gets_what_is_left_after_a_slow_connect``),
+  an error body made to cost the masking most, sent just before the deadline
+  (``test_deadline__masking_an_error_body_keeps_to_it_too``; what is left to
+  mask past it is withheld: ``test_deadline__masking_past_it_withholds_what_is_left``); a
   ``Retry-After`` past the bound is not waited for
   (``test_deadline__retry_waits_count``); ``wait_for_pin(timeout=2)``
   against a trickling PIN check ends in ``PinExpiredError``
@@ -64,11 +67,15 @@ urllib3 1.26 and 2.x.
   generated error of the property test, and every log record, at DEBUG, of
   every test, urllib3's included (``_no_canary_in_logs``). That checker is
   shown to see every echo form (``test_secrets__the_checker_sees_every_form``).
-  An error body that echoes the token, password and code in 23 forms, as
+  An error body that echoes the token, password and code in 26 forms, as
   JSON, XML, HTML or UTF-16, leaves no trace
   (``test_hostile__echoed_secrets_are_masked_in_every_form``), nor does a
   password beyond Latin-1 echoed in UTF-16
-  (``test_hostile__utf16_echo_of_a_password_beyond_latin1_is_withheld``), nor do
+  (``test_hostile__utf16_echo_of_a_password_beyond_latin1_is_withheld``); a
+  repr masks the secrets of every model in it, a user's own models too
+  (``test_hostile__a_repr_masks_the_secrets_of_every_model_in_it``), and a text
+  too long to look through is withheld
+  (``test_hostile__a_text_too_long_to_look_through_is_withheld``); nor do
   secrets in status lines and header lines
   (``test_hostile__secrets_in_status_and_header_lines_reach_no_log_and_no_exception``);
   a redirect to an address holding the token is not followed
@@ -179,6 +186,7 @@ import http.server
 import io
 import json
 import logging
+import math
 import os
 import pickle
 import re
@@ -259,6 +267,10 @@ def echo_forms(secret: str) -> dict[str, str]:
         "base64-of-hex": base64.b64encode(b"xy" + raw.hex().encode()).decode(),
         "hex-of-utf-16": secret.encode("utf-16-le").hex(),
         "percent-5-times": functools.reduce(lambda text, _: urllib.parse.quote(text, safe=""), range(5), secret),
+        # Every byte escaped, after 46 more: PASSWORD's "\u00fc" straddles the 64th escape.
+        "percent-every-byte": "".join(f"%{byte:02X}" for byte in ("x" * 46 + secret).encode()),
+        "base64-of-utf-16": base64.b64encode(secret.encode("utf-16-le")).decode(),
+        "markup-comment": secret[:5] + "<!-- a > b -->" + secret[5:],
     }
 
 
@@ -2183,7 +2195,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 # CI may raise the count with HYPOTHESIS_PROFILE=ci; the default keeps the suite quick.
 settings.register_profile("default", max_examples=150, deadline=None)
-settings.register_profile("ci", max_examples=2000, deadline=None)
+settings.register_profile("ci", max_examples=1000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 WIRE_KEYS = [
@@ -2608,6 +2620,7 @@ def hostile_bodies() -> dict[str, tuple[dict[str, str], bytes]]:
         "near-cap-connections": ({}, json.dumps({"MediaContainer": {"Device": [{"name": "x", "Connection": [
             {"port": 1e308, "protocol": "https", "address": "a" * 40, "uri": "b" * 58, "local": True, "relay": False}
         ] * 9_990}]}}).encode()),
+        "many-strings": ({}, b"[" + b'"\xc4\x80",' * ((cap - 10) // 5) + b'"a"]'),  # 400 000 strings
         "near-cap-services": ({}, json.dumps({**json.loads(account_of("many")), "services": [
             {"identifier": "i" * 40, "endpoint": "e" * 60, "token": "t" * 20, "status": "online"}
         ] * 9_990}).encode()),
@@ -2746,6 +2759,7 @@ def test_hostile__bodies_cost_bounded_memory_and_raise_only_plexauth_errors(bodi
         ("empty-objects", "the JSON holds more than 10000 objects and lists"),
         ("deep-json", "the JSON holds more than 10000 objects and lists"),
         ("over-cap", f"the body is larger than {plexauth.MAX_BODY_BYTES} bytes"),
+        ("many-strings", "the JSON holds more than 100000 strings"),
     ],
 )
 def test_hostile__bodies_are_refused_with_their_reason(bodies_server: Any, name: str, reason: str) -> None:
@@ -2804,6 +2818,26 @@ def test_hostile__utf16_echo_of_a_password_beyond_latin1_is_withheld(fault_serve
     assert info.value.body == b""
 
 
+def test_hostile__a_repr_masks_the_secrets_of_every_model_in_it(fault_server: Any) -> None:
+    echoed = {**json.loads(account_of("echo")), "services": [{"identifier": TOKEN}]}
+    server = fault_server(answer(http_answer(200, json.dumps(echoed).encode())))
+    account = plexauth.get_token_details(hostile_config(server.port))
+    assert account.services[0].identifier == TOKEN  # the data as sent...
+    # ...but no repr shows it: not the account's, not the service's, not one a user makes of them.
+    mine = plexauth.UserPlexAccount(id=1, uuid="u", username="n", auth_token="t", services=account.services)
+    for text in (repr(account), repr(account.services[0]), repr(mine), str(mine)):
+        assert TOKEN not in text
+        assert_no_secret(text)
+
+
+def test_hostile__a_text_too_long_to_look_through_is_withheld(fault_server: Any) -> None:
+    blob = base64.b64encode(b"x" * 45_000).decode()  # 60 000 characters of base64, to read four ways
+    server = fault_server(answer(http_answer(200, json.dumps({**json.loads(account_of("b")), "title": blob}).encode())))
+    account = plexauth.get_token_details(hostile_config(server.port))
+    assert account.title == blob
+    assert repr(account) == "***"
+
+
 def test_hostile__lone_surrogates_become_replacement_characters(bodies_server: Any) -> None:
     server, _ = bodies_server
     account = plexauth.get_token_details(hostile_config(server.port, product="lone-surrogates"))
@@ -2834,7 +2868,7 @@ def test_hostile__encodings_plex_uses_are_read(fault_server: Any) -> None:
 SIGN_IN_SECRETS = {"token": TOKEN, "password": PASSWORD, "code": CODE}
 # Forms found only by decoding the text further than masking can map back.
 WITHHELD_FORMS = {"base64-wrapped", "base64-twice", "hex-of-base64", "base64-of-hex", "hex-of-utf-16",
-                  "percent-5-times"}
+                  "percent-5-times", "base64-of-utf-16", "markup-comment"}
 
 
 @pytest.mark.parametrize("form", list(echo_forms(TOKEN)))
@@ -2858,8 +2892,9 @@ def test_hostile__echoed_secrets_are_masked_in_every_form(fault_server: Any, for
     with raises(UnauthorizedError) as info:
         plexauth.post_users_sign_in_data(hostile_config(server.port), "me", PASSWORD, verification_code=CODE)
     exc = info.value
-    with pytest.raises(AssertionError):  # the checker does see the secrets in what the server sent
-        assert_no_secret(echoes if body_kind != "xml" else html.escape(echoes))
+    if not (body_kind == "xml" and form == "markup-comment"):  # escaped in XML, a comment is only text
+        with pytest.raises(AssertionError):  # the checker does see the secrets in what the server sent
+            assert_no_secret(echoes if body_kind != "xml" else html.escape(echoes))
     assert exc.status == 401
     if form in WITHHELD_FORMS:  # found, but not where it could be cut out: all of it is withheld
         assert exc.body == b""
@@ -2959,6 +2994,49 @@ def endless_continue(conn: socket.socket, done: threading.Event) -> None:
     read_request(conn)
     while not done.wait(0.15):
         conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
+def test_deadline__masking_an_error_body_keeps_to_it_too(fault_server: Any) -> None:
+    """An error body made to cost the masking the most, sent just before the
+    deadline: what is left to mask when it passes is withheld, and the call
+    ends by total_timeout all the same."""
+    unit = "%252525252525252525252541\u00e9"
+    body = ('{"errors":[{"code": 1001, "message":"' + unit * 2000).encode()[: 32 * 1024]
+
+    def late(conn: socket.socket, done: threading.Event) -> None:
+        read_request(conn)
+        done.wait(1.6)
+        conn.sendall(http_answer(400, body))
+
+    server = fault_server(late)
+    config = hostile_config(server.port, total_timeout=2)
+    started = time.monotonic()
+    with raises(BadRequestError) as info:
+        plexauth.post_users_sign_in_data(config, "me", PASSWORD)
+    assert time.monotonic() - started < 2 + 0.6
+    assert info.value.status == 400
+
+
+def test_deadline__masking_past_it_withholds_what_is_left() -> None:
+    """The moment the deadline passes in the middle of masking cannot be
+    placed from outside, so the mechanism is shown directly: past the
+    deadline, a long text still to mask is withheld, a short one is masked."""
+    long_text = "%2541" * 2000
+    body = json.dumps({"errors": [{"code": 1029, "message": long_text}]}).encode()
+    config = Config(CLIENT_ID, token=TOKEN)
+    request = plexauth._Request(config, "POST", "http://127.0.0.1:9/x", "/x", {}, None, False, (TOKEN, CODE), 0.0)
+    plexauth._local.masking_deadline = time.monotonic() - 1
+    try:
+        assert plexauth._shown(long_text, (TOKEN,)) == "***"
+        assert plexauth._shown("a short reason", (TOKEN,)) == "a short reason"
+        error = plexauth._api_error(plexauth._Answer(401, {}, body), request)
+        spelt = plexauth._api_error(plexauth._Answer(401, {}, body.replace(b"1029", CODE[-4:].encode())), request)
+    finally:
+        plexauth._local.masking_deadline = math.inf
+    assert isinstance(error, TwoFactorRequiredError)  # the code is kept: it says what to do
+    assert (error.message, error.errors, error.body) == (None, (), b"")
+    assert spelt.code is None  # a code that spells a secret is not
+    sweep(spelt)
 
 
 def test_deadline__tls_handshake_gets_what_is_left_after_a_slow_connect() -> None:
