@@ -27,6 +27,7 @@ from __future__ import annotations
 import array
 import bisect
 import contextlib
+import dataclasses
 import datetime
 import enum
 import errno
@@ -47,7 +48,7 @@ import time
 import typing
 import urllib.parse
 import zlib
-from typing import Any, Callable, ClassVar, Mapping, NoReturn, TypeVar
+from typing import Any, Callable, Mapping, NoReturn, TypeVar
 
 import urllib3
 
@@ -148,207 +149,18 @@ class Scope(str, enum.Enum):
 
 
 # =============================================================================
-# Frozen dataclasses, made cheaply
+# The shared base of Config and the models
 # =============================================================================
-# ``import dataclasses`` loads ``inspect``, and ``@dataclass`` compiles every
-# generated method with ``exec``: about 12 ms per process, which is 15 % of a
-# cron run that makes one call.  ``_dataclass`` gives Config and the models the
-# same frozen-dataclass behaviour (``__init__``, ``__post_init__``, equality,
-# hash, ``FrozenInstanceError``, ``__match_args__``) from one shared base.  The
-# ``dataclasses`` functions (``fields``, ``replace``, ``asdict``,
-# ``is_dataclass``) work too: the first time one of them asks, the real
-# ``__dataclass_fields__`` are made by ``dataclasses`` itself, for a twin class.
-# Type checkers are shown ``dataclasses.dataclass`` itself.
-
-_MISSING: Any = type("_MissingType", (), {"__repr__": lambda self: "MISSING"})()
-
-
-class _Spec:
-    """A field's default and metadata: ``dataclasses.field``'s lightweight twin."""
-
-    __slots__ = ("compare", "default", "factory", "metadata", "name", "repr")
-
-    def __init__(self, default: Any, factory: Callable[[], Any] | None, repr: bool, compare: bool,
-                 metadata: Mapping[str, Any]) -> None:
-        self.name = ""
-        self.default = default
-        self.factory = factory
-        self.repr = repr
-        self.compare = compare
-        self.metadata = metadata
-
-
-def _spec(
-    *,
-    default: Any = _MISSING,
-    default_factory: Callable[[], Any] | None = None,
-    repr: bool = True,
-    compare: bool = True,
-    metadata: Mapping[str, Any] | None = None,
-) -> Any:
-    return _Spec(default, default_factory, repr, compare, metadata or {})
-
-
-def _field(
-    key: str,
-    convert: Callable[[Any], Any],
-    *,
-    secret: bool = False,
-    required: bool = False,
-    default: Any = None,
-) -> Any:
-    """A model field decoded from wire key ``key`` by ``convert``."""
-    meta = {"key": key, "convert": convert, "secret": secret, "required": required}
-    return _spec(default=_MISSING if required else default, metadata=meta)
-
-
-_R = TypeVar("_R", bound=type)
-
-
-def _frozen_dataclass(*, frozen: bool, repr: bool) -> Callable[[_R], _R]:
-    """``@_dataclass(frozen=True, repr=False)`` for ``_Record`` subclasses."""
-    if not frozen or repr:
-        raise TypeError("only frozen=True, repr=False is made here")
-
-    def make(decorated: _R) -> _R:
-        cls: Any = decorated
-        namespace = vars(cls)
-        specs = []
-        for name in namespace.get("__annotations__", {}):
-            value = namespace.get(name, _MISSING)
-            spec = value if isinstance(value, _Spec) else _Spec(value, None, True, True, {})
-            spec.name = name
-            if spec.default is _MISSING:
-                if name in namespace:
-                    delattr(cls, name)
-            else:
-                setattr(cls, name, spec.default)
-            specs.append(spec)
-        cls._specs = tuple(specs)
-        cls._compared = tuple(spec.name for spec in specs if spec.compare)
-        setattr(cls, "__match_args__", tuple(spec.name for spec in specs))  # noqa: B010 (mypy refuses the plain form)
-        return decorated
-
-    return make
-
-
-if typing.TYPE_CHECKING:
-    from dataclasses import dataclass as _dataclass
-else:
-    _dataclass = _frozen_dataclass
-
-
-class _FromDataclasses:
-    """``__dataclass_fields__``/``__dataclass_params__``/``__signature__``,
-    made on first access and then stored on the class itself."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, instance: object, cls: type) -> Any:
-        if "__match_args__" not in vars(cls):  # not made by _frozen_dataclass (_Record itself)
-            raise AttributeError(self.name)
-        if self.name == "__signature__":
-            import inspect  # noqa: PLC0415 (only help() and IDEs ask)
-
-            value: Any = inspect.Signature([
-                inspect.Parameter(
-                    spec.name,
-                    inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                    default=inspect.Parameter.empty if spec.default is _MISSING and spec.factory is None
-                    else spec.factory() if spec.factory else spec.default,
-                    annotation=vars(cls)["__annotations__"][spec.name],
-                )
-                for spec in cls._specs  # type: ignore[attr-defined]
-            ])
-            type.__setattr__(cls, self.name, value)
-            return value
-        import dataclasses  # noqa: PLC0415 (only introspection needs it)
-
-        namespace: dict[str, Any] = {
-            spec.name: dataclasses.field(
-                default=dataclasses.MISSING if spec.default is _MISSING else spec.default,
-                default_factory=spec.factory or dataclasses.MISSING,
-                repr=spec.repr,
-                compare=spec.compare,
-                metadata=spec.metadata,
-            )
-            for spec in cls._specs  # type: ignore[attr-defined]
-        }
-        namespace["__annotations__"] = {spec.name: vars(cls)["__annotations__"][spec.name] for spec in cls._specs}  # type: ignore[attr-defined]
-        twin: Any = dataclasses.dataclass(frozen=True, repr=False)(type(cls.__name__, (), namespace))
-        for name in ("__dataclass_fields__", "__dataclass_params__"):
-            type.__setattr__(cls, name, getattr(twin, name))
-        return getattr(twin, self.name)
 
 
 class _Record:
-    """Base of Config and the models: frozen, compared by value, and with a
-    repr that shows secret fields as ``'***'``."""
-
-    _specs: ClassVar[tuple[_Spec, ...]] = ()
-    _compared: ClassVar[tuple[str, ...]] = ()
-
-    if not typing.TYPE_CHECKING:  # pragma: no branch (type checkers see the dataclass itself)
-        __dataclass_fields__ = _FromDataclasses()
-        __dataclass_params__ = _FromDataclasses()
-        __signature__ = _FromDataclasses()
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            specs = self._specs
-            name = type(self).__name__
-            if len(args) > len(specs):
-                raise TypeError(f"{name}() takes {len(specs)} positional arguments but {len(args)} were given")
-            given = dict(zip((spec.name for spec in specs), args))
-            for key in kwargs:
-                if key in given:
-                    raise TypeError(f"{name}() got multiple values for argument {key!r}")
-            given.update(kwargs)
-            values = {}
-            for spec in specs:
-                if spec.name in given:
-                    values[spec.name] = given.pop(spec.name)
-                elif spec.factory is not None:
-                    values[spec.name] = spec.factory()
-                elif spec.default is not _MISSING:
-                    values[spec.name] = spec.default
-                else:
-                    raise TypeError(f"{name}() missing required argument: {spec.name!r}")
-            if given:
-                raise TypeError(f"{name}() got an unexpected keyword argument {next(iter(given))!r}")
-            self.__dict__.update(values)
-            self.__post_init__()
-
-        def __setattr__(self, name: str, value: object) -> None:
-            _frozen(name)
-
-        def __delattr__(self, name: str) -> None:
-            _frozen(name)
-
-    def __post_init__(self) -> None:
-        """Validation hook, as in dataclasses."""
+    """Base of Config and the models, which are frozen dataclasses: a repr
+    that shows secret fields as ``'***'``, and pickles and copies that carry
+    the fields only (not what calls work out and keep beside them)."""
 
     def __getstate__(self) -> dict[str, Any]:
-        # Pickles and copies carry the fields, not what calls worked out (_prepared holds a pool).
+        # _prepared (Config) holds a pool; _secrets (models) the request's secrets.
         return {name: value for name, value in self.__dict__.items() if not name.startswith("_")}
-
-    @classmethod
-    def _decode(cls, data: Any) -> Any:
-        """Decode a wire object; the first call writes the class its own
-        decoding function (_decoder), which then takes this one's place."""
-        return _decoder(cls)(data)
-
-    def _key(self) -> tuple[Any, ...]:
-        values = self.__dict__
-        return tuple(values[name] for name in self._compared)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._key() == other._key()
-
-    def __hash__(self) -> int:
-        return hash(self._key())
 
     def __repr__(self) -> str:
         # The outermost repr masks the whole text once, with the secrets of
@@ -359,14 +171,14 @@ class _Record:
         gathered.update(self.__dict__.get("_secrets") or ())  # set when decoded from an answer
         try:
             parts = []
-            for spec in self._specs:
-                if not spec.repr:
+            for field in dataclasses.fields(self):  # type: ignore[arg-type]
+                if not field.repr:
                     continue
-                value = self.__dict__[spec.name]
-                if spec.metadata.get("secret") and value is not None:
-                    parts.append(f"{spec.name}='***'")
+                value = self.__dict__[field.name]
+                if field.metadata.get("secret") and value is not None:
+                    parts.append(f"{field.name}='***'")
                 else:
-                    parts.append(f"{spec.name}={value!r}")
+                    parts.append(f"{field.name}={value!r}")
         finally:
             if outermost:
                 _local.repr_secrets = None
@@ -375,12 +187,6 @@ class _Record:
         return _shown(text, secrets, keys=False) if secrets else text
 
     __str__ = __repr__
-
-
-def _frozen(name: str) -> NoReturn:
-    from dataclasses import FrozenInstanceError  # noqa: PLC0415 (only a mistake needs it)
-
-    raise FrozenInstanceError(f"cannot assign to field {name!r}")
 
 
 # =============================================================================
@@ -448,7 +254,7 @@ def _check_url(name: str, value: Any) -> None:
         raise ValueError(f"{label} must not carry credentials, a query or a fragment, got {shown!r}")
 
 
-@_dataclass(frozen=True, repr=False)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Config(_Record):
     """Who is calling, which servers, and how to talk to them.
 
@@ -468,7 +274,7 @@ class Config(_Record):
     """
 
     client_identifier: str
-    token: str | None = _spec(default=None, metadata={"secret": True})
+    token: str | None = dataclasses.field(default=None, metadata={"secret": True})
     server_url: str = "http://localhost:32400"
     plex_tv_url: str = "https://plex.tv/api/v2"
     product: str = "plexauth"
@@ -598,10 +404,6 @@ def _nonempty(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-# A value of this type is already what the converter would return.
-_UNCONVERTED: dict[Callable[[Any], Any], type] = {_str: str, _bool: bool}
-
-
 def _items(value: Any) -> list[Any]:
     """A JSON list, or an XML element that appeared once (or empty)."""
     if isinstance(value, list):
@@ -612,70 +414,57 @@ def _items(value: Any) -> list[Any]:
 
 
 def _strs(value: Any) -> tuple[str, ...]:
-    if isinstance(value, list):
-        try:
-            "".join(value)  # raises TypeError unless every item is a str: a C-speed check
-        except TypeError:
-            pass
-        else:
-            return tuple(value)  # the usual JSON list
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return tuple(value)  # the usual JSON list
     # XML lists strings as <features><feature id="..."/></features>.
-    out = []
-    for item in _items(value):
-        text = item.get("id") if isinstance(item, dict) else item
-        if isinstance(text, str):
-            out.append(text)
-    return tuple(out)
+    texts = (item.get("id") if isinstance(item, dict) else item for item in _items(value))
+    return tuple(text for text in texts if isinstance(text, str))
+
+
+def _field(key: str, convert: Callable[[Any], Any], *, secret: bool = False, required: bool = False,
+           default: Any = None) -> Any:
+    """A model field decoded from wire key ``key`` by ``convert``."""
+    metadata = {"key": key, "convert": convert, "secret": secret, "required": required}
+    return dataclasses.field(default=dataclasses.MISSING if required else default, metadata=metadata)
+
+
+def _raw() -> Any:
+    """The ``raw`` field: the decoded object itself, left out of repr and equality."""
+    return dataclasses.field(default_factory=dict, repr=False, compare=False)
 
 
 _M = TypeVar("_M")
+_Plan = typing.Tuple[typing.Tuple[str, str, Callable[[Any], Any], bool], ...]
+
+
+@functools.lru_cache(maxsize=None)
+def _plan(cls: type) -> _Plan:
+    """(field name, wire key, converter, required) of each decoded field of ``cls``."""
+    return tuple(
+        (field.name, field.metadata["key"], field.metadata["convert"], field.metadata["required"])
+        for field in dataclasses.fields(cls)
+        if "key" in field.metadata
+    )
 
 
 def _build(cls: type[_M], data: Any) -> _M:
-    """Decode the JSON object (or XML element) ``data`` into model ``cls``."""
-    model: _M = cls._decode(data)  # type: ignore[attr-defined]
-    return model
+    """Decode the JSON object (or XML element) ``data`` into model ``cls``.
 
-
-def _decoder(cls: type) -> Callable[[Any], Any]:
-    """Write, compile and keep on ``cls`` the function that decodes one object.
-
-    Decoding is the hot path of every call: a function with one line per field
-    runs about twice as fast as a loop over the fields.  It is written the
-    first time a class is decoded (about half a millisecond), not at import.
-    Only the module's own field names and keys go into its source, as repr()
-    literals; converters and defaults are passed in, not written out.
+    A missing value becomes the converter's empty one (None, or () for lists).
     """
-    wire = [spec for spec in cls._specs if "key" in spec.metadata]  # type: ignore[attr-defined]
-    scope: dict[str, Any] = {"cls": cls, "new": object.__new__, "set_dict": object.__setattr__, "Invalid": _Invalid,
-                             "local": _local}
-    lines = [
-        "def decode(data):",
-        "    if not isinstance(data, dict):",
-        f"        raise Invalid('expected an object for {cls.__name__}, got ' + type(data).__name__)",
-        "    get = data.get",
-    ]
-    for i, spec in enumerate(wire):
-        convert = spec.metadata["convert"]
-        # A missing value becomes the converter's empty one (None, or () for lists);
-        # a value of the field's type already is what the converter would return.
-        scope[f"convert{i}"], scope[f"empty{i}"], scope[f"kind{i}"] = convert, convert(None), _UNCONVERTED.get(convert)
-        lines.append(
-            f"    v = get({spec.metadata['key']!r}); "
-            f"f{i} = empty{i} if v is None else v if v.__class__ is kind{i} else convert{i}(v)"
-        )
-        if spec.metadata["required"]:
-            message = f"{spec.metadata['key']!r} is missing or has the wrong type"
-            lines.append(f"    if f{i} is None: raise Invalid({message!r})")
-    fields = ", ".join(f"{spec.name!r}: f{i}" for i, spec in enumerate(wire))
-    # _secrets: the request's, which a server may have echoed into any field; the repr masks them.
-    lines += ["    model = new(cls)",
-              f"    set_dict(model, '__dict__', {{{fields}, 'raw': data, '_secrets': local.secrets}})",
-              "    return model"]
-    exec("\n".join(lines), scope)  # noqa: S102 (our own field names and keys, see above)
-    decode: Callable[[Any], Any] = scope["decode"]
-    type.__setattr__(cls, "_decode", staticmethod(decode))
-    return decode
+    if not isinstance(data, dict):
+        raise _Invalid(f"expected an object for {cls.__name__}, got {type(data).__name__}")
+    values = {}
+    model_class: Any = cls
+    for name, key, convert, required in _plan(model_class):
+        value = convert(data.get(key))
+        if value is None and required:
+            raise _Invalid(f"{key!r} is missing or has the wrong type")
+        values[name] = value
+    model: _M = model_class(**values, raw=data)
+    # The request's secrets, which a server may have echoed into any field: the repr masks them.
+    object.__setattr__(model, "_secrets", _local.secrets)
+    return model
 
 
 def _one(cls: type[_M]) -> Callable[[Any], _M | None]:
@@ -689,12 +478,12 @@ def _one(cls: type[_M]) -> Callable[[Any], _M | None]:
 
 def _many(cls: type[_M]) -> Callable[[Any], tuple[_M, ...]]:
     def convert(value: Any) -> tuple[_M, ...]:
-        return tuple([_build(cls, item) for item in _items(value) if item.__class__ is dict])
+        return tuple(_build(cls, item) for item in _items(value) if isinstance(item, dict))
 
     return convert
 
 
-@_dataclass(frozen=True, repr=False)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Connection(_Record):
     """One way to reach a source: ``uri`` is ready to use."""
 
@@ -704,10 +493,10 @@ class Connection(_Record):
     uri: str | None = _field("uri", _str)
     local: bool | None = _field("local", _bool)
     relay: bool | None = _field("relay", _bool)
-    raw: Mapping[str, Any] = _spec(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = _raw()
 
 
-@_dataclass(frozen=True, repr=False)
+@dataclasses.dataclass(frozen=True, repr=False)
 class SourceConnectionInformation(_Record):
     """A source the server knows: its name, id, access token and connections."""
 
@@ -715,10 +504,10 @@ class SourceConnectionInformation(_Record):
     client_identifier: str | None = _field("clientIdentifier", _str)
     access_token: str | None = _field("accessToken", _token, secret=True)
     connections: tuple[Connection, ...] = _field("Connection", _many(Connection), default=())
-    raw: Mapping[str, Any] = _spec(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = _raw()
 
 
-@_dataclass(frozen=True, repr=False)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Subscription(_Record):
     """A Plex Pass subscription; ``status`` is kept as the server's string."""
 
@@ -728,10 +517,10 @@ class Subscription(_Record):
     payment_service: str | None = _field("paymentService", _str)
     plan: str | None = _field("plan", _str)
     features: tuple[str, ...] = _field("features", _strs, default=())
-    raw: Mapping[str, Any] = _spec(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = _raw()
 
 
-@_dataclass(frozen=True, repr=False)
+@dataclasses.dataclass(frozen=True, repr=False)
 class UserProfile(_Record):
     """Playback preferences of an account (modes are the server's integers)."""
 
@@ -747,10 +536,10 @@ class UserProfile(_Record):
     watched_indicator: int | None = _field("watchedIndicator", _int)
     media_reviews_visibility: int | None = _field("mediaReviewsVisibility", _int)
     media_reviews_languages: tuple[str, ...] = _field("mediaReviewsLanguages", _strs, default=())
-    raw: Mapping[str, Any] = _spec(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = _raw()
 
 
-@_dataclass(frozen=True, repr=False)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Service(_Record):
     """A plex.tv service bound to the account; ``token``/``secret`` are masked."""
 
@@ -759,10 +548,10 @@ class Service(_Record):
     token: str | None = _field("token", _str, secret=True)
     secret: str | None = _field("secret", _str, secret=True)
     status: str | None = _field("status", _str)
-    raw: Mapping[str, Any] = _spec(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = _raw()
 
 
-@_dataclass(frozen=True, repr=False)
+@dataclasses.dataclass(frozen=True, repr=False)
 class UserPlexAccount(_Record):
     """A plex.tv account, as ``GET /user`` and ``POST /users/signin`` answer.
 
@@ -812,10 +601,10 @@ class UserPlexAccount(_Record):
     services: tuple[Service, ...] = _field("services", _many(Service), default=())
     roles: tuple[str, ...] = _field("roles", _strs, default=())
     entitlements: tuple[str, ...] = _field("entitlements", _strs, default=())
-    raw: Mapping[str, Any] = _spec(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = _raw()
 
 
-@_dataclass(frozen=True, repr=False)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Pin(_Record):
     """A plex.tv PIN: ``code`` is entered at https://plex.tv/link (4
     characters), or is the long code of an auth URL when the PIN is strong.
@@ -830,7 +619,7 @@ class Pin(_Record):
     client_identifier: str | None = _field("clientIdentifier", _str)
     expires_at: datetime.datetime | None = _field("expiresAt", _time)
     auth_token: str | None = _field("authToken", _token, secret=True)
-    raw: Mapping[str, Any] = _spec(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = _raw()
 
 
 # =============================================================================
@@ -1196,7 +985,7 @@ def _header_text(value: str) -> str:
 class _Prepared:
     """What every request made with one Config shares, worked out once."""
 
-    __slots__ = ("headers", "origins", "timeout")
+    __slots__ = ("plex_tv", "server", "timeout", "token_headers", "tokenless_headers")
 
     def __init__(self, config: Config) -> None:
         plain = {"Accept": "application/json", "User-Agent": f"plexauth/{__version__}"}
@@ -1207,14 +996,17 @@ class _Prepared:
         with_token = dict(plain)
         if config.token is not None:
             with_token[_TOKEN_HEADER] = _header_text(config.token)
-        #: headers[send_token]; never changed, only copied.
-        self.headers = (plain, with_token)
-        #: origins[on_server]: (URL without the trailing slash, its path, for messages)
-        self.origins = tuple(
-            (base.rstrip("/"), (urllib3.util.parse_url(base).path or "").rstrip("/"))
-            for base in (config.plex_tv_url, config.server_url)
-        )
+        # Never changed, only copied.
+        self.tokenless_headers = plain
+        self.token_headers = with_token
+        # Each origin as (its URL without the trailing slash, its path for messages).
+        self.plex_tv = _origin_of(config.plex_tv_url)
+        self.server = _origin_of(config.server_url)
         self.timeout = urllib3.Timeout(connect=config.timeout, read=config.timeout)
+
+
+def _origin_of(base: str) -> tuple[str, str]:
+    return base.rstrip("/"), (urllib3.util.parse_url(base).path or "").rstrip("/")
 
 
 def _prepared(config: Config) -> _Prepared:
@@ -2109,11 +1901,11 @@ def _send(
     """
     prepared = _prepared(config)
     ends = time.monotonic() + config.total_timeout
-    base, base_path = prepared.origins[on_server]
+    base, base_path = prepared.server if on_server else prepared.plex_tv
     url = base + path
     if query:
-        url += "?" + _query_string(tuple(query.items()))
-    headers = prepared.headers[send_token]
+        url += "?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
+    headers = prepared.token_headers if send_token else prepared.tokenless_headers
     body = None
     if form is not None:
         body = urllib.parse.urlencode(form).encode("ascii")
@@ -2154,16 +1946,29 @@ def _tries(request: _Request, tries: int) -> _Answer:
     raise failure if failure is not None else _api_error(answer, request)
 
 
-def _call(config: Config, method: str, path: str, build: Callable[[Any], _T], *, minted: str | None = None,
-          **request: Any) -> _T:
-    """``_send`` the request (``request`` holds its keyword arguments) and
-    return ``build(decoded body)``; a body that does not fit is a ``ResponseError``.
+def _call(
+    config: Config,
+    method: str,
+    path: str,
+    build: Callable[[Any], _T],
+    *,
+    on_server: bool,
+    query: Mapping[str, str] | None = None,
+    form: Mapping[str, str] | None = None,
+    send_token: bool = True,
+    secrets: tuple[str, ...] = (),
+    minted: str | None = None,
+    deadline: float | None = None,
+) -> _T:
+    """``_send`` the request and return ``build(decoded body)``; a body that
+    does not fit is a ``ResponseError``.
 
     ``minted`` names the object (``user``, ``pin``) whose ``authToken`` is a
     token the answer made: when the answer cannot be used, that token is
     revoked, so that none is left working that nobody has.
     """
-    answer, sent = _send(config, method, path, **request)
+    answer, sent = _send(config, method, path, on_server=on_server, query=query, form=form, send_token=send_token,
+                         secrets=secrets, deadline=deadline)
     _local.secrets = sent.secrets  # for the models made, whose reprs mask them
     try:
         return build(_parse(answer.body))
@@ -2181,7 +1986,8 @@ def _call(config: Config, method: str, path: str, build: Callable[[Any], _T], *,
         reason += "; the token in it could not be sent, so it could not be revoked"
     elif token is not None:
         try:
-            _send(_with_token(config, token), "DELETE", "/users/signout", on_server=False, deadline=sent.deadline)
+            revoking = dataclasses.replace(config, token=token)
+            _send(revoking, "DELETE", "/users/signout", on_server=False, deadline=sent.deadline)
         except PlexAuthError:
             reason += "; the new token in it could not be revoked"
         else:
@@ -2189,16 +1995,6 @@ def _call(config: Config, method: str, path: str, build: Callable[[Any], _T], *,
     raise _response_error(sent, answer.status, reason)
 
 
-def _with_token(config: Config, token: str) -> Config:
-    import dataclasses  # noqa: PLC0415 (only a token to revoke needs it)
-
-    return dataclasses.replace(config, token=token)
-
-
-@functools.lru_cache(maxsize=64)
-def _query_string(items: tuple[tuple[str, str], ...]) -> str:
-    # Cached: most queries repeat (the transient token's always does).
-    return urllib.parse.urlencode(items, quote_via=urllib.parse.quote)
 
 
 def _unwrap(doc: Any, tag: str) -> Any:
@@ -2821,7 +2617,7 @@ def _hand_over(config: Config, args: Any, token: str, show: Callable[[], None]) 
         why = getattr(exc, "strerror", None) or type(exc).__name__
         where = f"write the new token to {args.save_token}" if args.save_token else "print the new token"
         try:
-            sign_out(_with_token(config, token))
+            sign_out(dataclasses.replace(config, token=token))
         except PlexAuthError:
             fate = "it could not be revoked either: remove the device in the Plex app's settings"
         else:
