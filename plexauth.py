@@ -414,8 +414,13 @@ def _items(value: Any) -> list[Any]:
 
 
 def _strs(value: Any) -> tuple[str, ...]:
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return tuple(value)  # the usual JSON list
+    if isinstance(value, list):
+        try:
+            "".join(value)  # the quickest check that every item is a str (a TypeError if not)
+        except TypeError:
+            pass
+        else:
+            return tuple(value)  # the usual JSON list
     # XML lists strings as <features><feature id="..."/></features>.
     texts = (item.get("id") if isinstance(item, dict) else item for item in _items(value))
     return tuple(text for text in texts if isinstance(text, str))
@@ -434,36 +439,47 @@ def _raw() -> Any:
 
 
 _M = TypeVar("_M")
-_Plan = typing.Tuple[typing.Tuple[str, str, Callable[[Any], Any], bool], ...]
+# Converters that return a value of this type unchanged: the decoder takes
+# such values as they are, and skips the call (most fields of most answers).
+_TAKEN_AS_IS: dict[Callable[[Any], Any], type] = {_str: str, _int: int, _bool: bool}
+
+
+class _Plan(typing.NamedTuple):
+    """How to decode one model class, worked out from its fields once."""
+
+    # (field name, wire key, converter, the type taken as is, the value when missing)
+    fields: tuple[tuple[str, str, Callable[[Any], Any], type | None, Any], ...]
+    required: tuple[tuple[str, str], ...]  # (field name, wire key) of those that must be there
 
 
 @functools.lru_cache(maxsize=None)
 def _plan(cls: type) -> _Plan:
-    """(field name, wire key, converter, required) of each decoded field of ``cls``."""
-    return tuple(
-        (field.name, field.metadata["key"], field.metadata["convert"], field.metadata["required"])
-        for field in dataclasses.fields(cls)
-        if "key" in field.metadata
+    decoded = [(field.name, field.metadata) for field in dataclasses.fields(cls) if "key" in field.metadata]
+    return _Plan(
+        tuple((name, meta["key"], meta["convert"], _TAKEN_AS_IS.get(meta["convert"]), meta["convert"](None))
+              for name, meta in decoded),
+        tuple((name, meta["key"]) for name, meta in decoded if meta["required"]),
     )
 
 
 def _build(cls: type[_M], data: Any) -> _M:
-    """Decode the JSON object (or XML element) ``data`` into model ``cls``.
-
-    A missing value becomes the converter's empty one (None, or () for lists).
-    """
+    """Decode the JSON object (or XML element) ``data`` into model ``cls``."""
     if not isinstance(data, dict):
         raise _Invalid(f"expected an object for {cls.__name__}, got {type(data).__name__}")
-    values = {}
     model_class: Any = cls
-    for name, key, convert, required in _plan(model_class):
-        value = convert(data.get(key))
-        if value is None and required:
+    plan = _plan(model_class)
+    values = {}
+    for name, key, convert, as_is, missing in plan.fields:
+        value = data.get(key)
+        values[name] = value if value.__class__ is as_is else missing if value is None else convert(value)
+    for name, key in plan.required:
+        if values[name] is None:
             raise _Invalid(f"{key!r} is missing or has the wrong type")
-        values[name] = value
-    model: _M = model_class(**values, raw=data)
-    # The request's secrets, which a server may have echoed into any field: the repr masks them.
-    object.__setattr__(model, "_secrets", _local.secrets)
+    # As pickle restores an instance: the values are already checked and
+    # converted, and models have no __post_init__ to run.
+    model: _M = object.__new__(model_class)
+    # _secrets: the request's, which a server may have echoed into any field; the repr masks them.
+    model.__dict__.update(values, raw=data, _secrets=_local.secrets)
     return model
 
 
@@ -1282,7 +1298,9 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 # charset) _reveals still finds: shown text that does is withheld whole.
 
 _UNESCAPE_PASSES = 4
-_ESCAPES = re.compile(
+# Patterns used only on what is shown are kept as text: re compiles them on
+# first use (and caches them), which a run with no error never pays for.
+_ESCAPES = (
     r"\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})"  # JSON, a surrogate pair
     r"|\\u([0-9a-fA-F]{4})|\\([\"\\/bfnrt])"  # JSON
     r"|&#0*([0-9]{1,7});?|&#[xX]0*([0-9a-fA-F]{1,6});?|&([A-Za-z][A-Za-z0-9]{1,31};?)"  # XML and HTML
@@ -1295,9 +1313,9 @@ _JSON_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n"
 # error body; an unterminated value (a cut body) is masked to its end.
 _SECRET_KEY = r"(?:[Tt]oken|TOKEN|[Ss]ecret|[Pp]assword|verificationCode|[Pp]in|PIN)"  # noqa: S105 (names)
 _SECRET_KEYS = (  # where a value starts; it ends at its closing quote, or a separator
-    re.compile(r'"[^"\\]{0,64}?' + _SECRET_KEY + r'"\s*:\s*"'),  # JSON
-    re.compile(r"(?<![\w.:-])[\w.:-]{0,64}?" + _SECRET_KEY + r"\s*=\s*[\"']"),  # XML
-    re.compile(r"(?<![\w.:-])[\w.:-]{0,64}?" + _SECRET_KEY + r"=(?=[^\s&\"'<>;,])"),  # a query string
+    r'"[^"\\]{0,64}?' + _SECRET_KEY + r'"\s*:\s*"',  # JSON
+    r"(?<![\w.:-])[\w.:-]{0,64}?" + _SECRET_KEY + r"\s*=\s*[\"']",  # XML
+    r"(?<![\w.:-])[\w.:-]{0,64}?" + _SECRET_KEY + r"=(?=[^\s&\"'<>;,])",  # a query string
 )
 _QUERY_VALUE_END = re.compile(r"[\s&\"'<>;,]")
 # A literal stretch shorter than this, between escapes, joins them in one
@@ -1354,7 +1372,7 @@ class _View:
         view = _View("", self)
         out = io.StringIO()  # not a list of pieces: a text of many escapes would make millions
         length = position = 0
-        for match in _ESCAPES.finditer(text):
+        for match in re.finditer(_ESCAPES, text):
             value = _unescape(match)
             if value is None:  # stands for nothing: it stays, as text
                 continue
@@ -1441,7 +1459,8 @@ def _secret_values(text: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
     """Where the keys that look secret and their values are in ``text`` (JSON,
     XML, a query); a value that does not end (a cut body) runs to the end."""
     spans = []
-    for kind, pattern in enumerate(_SECRET_KEYS):
+    for kind, key_pattern in enumerate(_SECRET_KEYS):
+        pattern = re.compile(key_pattern)
         match = pattern.search(text)
         while match:
             start = match.end()
@@ -1618,7 +1637,7 @@ def _shown(text: str, secrets: tuple[str, ...], *, keys: bool = True) -> str:
 # sees characters, whatever encoding the server chose.
 
 _BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
-_XML_DECLARED = re.compile(rb"""\s*<\?xml[^>]{0,200}?\sencoding\s*=\s*["']([^"']{0,40})["']""")
+_XML_DECLARED = rb"""\s*<\?xml[^>]{0,200}?\sencoding\s*=\s*["']([^"']{0,40})["']"""
 _XML_ENCODINGS = {
     "utf-8": "utf-8", "utf8": "utf-8", "utf-16": "utf-16", "utf-16le": "utf-16", "utf-16be": "utf-16",
     "us-ascii": "ascii", "ascii": "ascii", "iso-8859-1": "latin-1", "latin-1": "latin-1", "latin1": "latin-1",
@@ -1631,7 +1650,7 @@ _MAX_STRINGS = 100_000
 # Plex documents are shallow; anything deeper is hostile or broken.
 _MAX_XML_DEPTH = 32
 _LONE_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_LONE_SURROGATE = "[\ud800-\udfff]"
 
 
 def _text(body: bytes, *, strict: bool) -> str:
@@ -1644,7 +1663,7 @@ def _text(body: bytes, *, strict: bool) -> str:
             codec, body = name, body[len(mark):]
             break
     else:
-        declared = _XML_DECLARED.match(body)
+        declared = re.match(_XML_DECLARED, body)
         if declared:
             codec = _XML_ENCODINGS.get(declared.group(1).strip().lower().decode("ascii", "replace"), "")
             if codec == "utf-16":  # the declaration is readable, so it is not: only a byte-order mark says so
@@ -1696,7 +1715,7 @@ def _parse_text(text: str) -> Any:
 def _without_surrogates(value: Any) -> Any:
     """JSON's ``\\ud800`` escapes make strings that no file or terminal can take."""
     if isinstance(value, str):
-        return _LONE_SURROGATE.sub("\ufffd", value)
+        return re.sub(_LONE_SURROGATE, "\ufffd", value)
     if isinstance(value, list):
         return [_without_surrogates(item) for item in value]
     if isinstance(value, dict):
