@@ -441,7 +441,7 @@ def _raw() -> Any:
 _M = TypeVar("_M")
 # Converters that return a value of this type unchanged: the decoder takes
 # such values as they are, and skips the call (most fields of most answers).
-_TAKEN_AS_IS: dict[Callable[[Any], Any], type] = {_str: str, _int: int, _bool: bool}
+_TAKEN_AS_IS: dict[Callable[[Any], Any], type] = {_str: str, _bool: bool}
 
 
 class _Plan(typing.NamedTuple):
