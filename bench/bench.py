@@ -27,12 +27,15 @@ import py_compile
 import selectors
 import shutil
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from typing import Any
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
 
 import urllib3
 
@@ -275,10 +278,11 @@ json.loads(urllib3.PoolManager().request("GET", {url!r} + "/api/v2/user", header
 # --------------------------------------------------------------------------- measuring
 
 
-def run(code: str) -> tuple[float, int, str]:
+def run(code: str, env: dict[str, str] | None = None) -> tuple[float, int, str]:
     """Wall seconds, peak RSS (KiB) and stdout of ``python -I -c code``."""
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-I", "-c", code], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-I", "-c", code], stdout=subprocess.PIPE, text=True,
+                               env=None if env is None else {**os.environ, **env})
     assert process.stdout is not None
     out = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
@@ -289,13 +293,14 @@ def run(code: str) -> tuple[float, int, str]:
     return wall, usage.ru_maxrss, out
 
 
-def interleaved(codes: dict[str, str], repeats: int) -> dict[str, list[tuple[float, int, str]]]:
+def interleaved(codes: dict[str, str], repeats: int,
+                env: dict[str, str] | None = None) -> dict[str, list[tuple[float, int, str]]]:
     results: dict[str, list[tuple[float, int, str]]] = {name: [] for name in codes}
     for code in codes.values():  # one untimed run each: page cache, pyc files
-        run(code)
+        run(code, env)
     for _ in range(repeats):
         for name, code in codes.items():
-            results[name].append(run(code))
+            results[name].append(run(code, env))
     return results
 
 
@@ -352,18 +357,61 @@ def cold_import(folder: str) -> float:
     return ratio
 
 
-def one_shot(fill: dict[str, Any]) -> tuple[float, float]:
-    shots = interleaved({name: code.format(**fill) for name, code in ONESHOT.items()}, ONESHOT_RUNS)
+def one_shot(fill: dict[str, Any], label: str = "", env: dict[str, str] | None = None) -> tuple[float, float]:
+    shots = interleaved({name: code.format(**fill) for name, code in ONESHOT.items()}, ONESHOT_RUNS, env)
     wall = {name: median([r[0] for r in runs]) * 1000 for name, runs in shots.items()}
     rss = {name: median([float(r[1]) for r in runs]) / 1024 for name, runs in shots.items()}
     ratios = paired(shots["plexauth"], shots["urllib3"], 0), paired(shots["plexauth"], shots["urllib3"], 1)
-    print(f"\none-shot process (import + one GET /user), median of {ONESHOT_RUNS} interleaved runs "
+    print(f"\none-shot process (import + one GET /user{label}), median of {ONESHOT_RUNS} interleaved runs "
           "(ratios: medians of paired runs)")
     print(f"  {'':<10} {'wall ms':>9} {'peak RSS MiB':>13}")
     for name in ONESHOT:
         print(f"  {name:<10} {wall[name]:9.1f} {rss[name]:13.1f}")
     print(f"  ratio      {ratios[0]:9.2f} {ratios[1]:13.2f}")
     return ratios
+
+
+def https_server(folder: str) -> tuple[str, dict[str, str], Callable[[], None]]:
+    """A local TLS server (a trustme certificate) that answers ``GET /user``;
+    its URL, the environment that makes both clients trust it, and how to
+    stop it.  Both load the system's CA store with the test CA added to it
+    (SSL_CERT_FILE), as a cron run to plex.tv loads the system's store."""
+    import trustme  # noqa: PLC0415 (a test extra: only the HTTPS run needs it)
+
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(ACCOUNT_BODY)))
+            self.end_headers()
+            self.wfile.write(ACCOUNT_BODY)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    paths = ssl.get_default_verify_paths()
+    store = paths.cafile or paths.openssl_cafile
+    bundle = os.path.join(folder, "ca-bundle.pem")
+    with open(bundle, "wb") as out:
+        if store and os.path.isfile(store):
+            with open(store, "rb") as system:
+                out.write(system.read())
+        out.write(ca.cert_pem.bytes())
+
+    def stop() -> None:
+        httpd.shutdown()
+        httpd.server_close()
+
+    return f"https://127.0.0.1:{httpd.server_address[1]}", {"SSL_CERT_FILE": bundle}, stop
 
 
 def warm(fill: dict[str, Any], server: Server) -> dict[str, float]:
@@ -399,15 +447,22 @@ def main(warm_only: bool = False) -> None:
         version = getattr(urllib3, "__version__", "?")
         print(f"python {sys.version.split()[0]}, urllib3 {version}, {os.cpu_count()} CPUs, plexauth from {MODULE}")
         fill = {"folder": folder, "token": TOKEN, "url": server.url, "headers": HEADERS}
-        import_ratio, (oneshot_ratio, rss_ratio) = (0.0, (0.0, 0.0)) if warm_only else (
-            cold_import(folder), one_shot(fill))
+        import_ratio, (oneshot_ratio, rss_ratio), https_ratio = 0.0, (0.0, 0.0), 0.0
+        if not warm_only:
+            import_ratio, (oneshot_ratio, rss_ratio) = cold_import(folder), one_shot(fill)
+            url, env, stop = https_server(folder)
+            try:
+                https_ratio = one_shot({**fill, "url": url}, " over HTTPS, the system's CA store loaded", env)[0]
+            finally:
+                stop()
         call_ratio = warm(fill, server)["get_token_details"]
     finally:
         server.close()
         shutil.rmtree(folder, ignore_errors=True)
-    print(f"\ntargets: import <= 1.08, warm GET and sign-in <= 1.10, one-shot <= 1.08, RSS <= 1.10 "
+    print(f"\ntargets: import <= 1.20, warm get_token_details <= 1.15, one-shot over HTTPS <= 1.10 "
           f"(took {time.perf_counter() - started:.0f} s)")
-    print(f"bench: import={import_ratio:.2f} call={call_ratio:.2f} oneshot={oneshot_ratio:.2f} rss={rss_ratio:.2f}")
+    print(f"bench: import={import_ratio:.2f} call={call_ratio:.2f} oneshot={oneshot_ratio:.2f} "
+          f"oneshot_https={https_ratio:.2f} rss={rss_ratio:.2f}")
 
 
 if __name__ == "__main__":
