@@ -239,6 +239,8 @@ CANARIES = (
 )
 
 CLIENT_ID = "test-client-0001"
+# plex.tv's answer to a sign-in that needs (or got a wrong) verification code.
+TWO_FACTOR = {"errors": [{"code": 1029, "message": "Please enter the verification code"}]}
 
 
 def echo_forms(secret: str) -> dict[str, str]:
@@ -836,6 +838,12 @@ def answer(raw: bytes) -> Callable[[socket.socket, threading.Event], None]:
 
 garbage = answer(b"HELLO THERE\r\n\r\n")
 short_body = answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nContent-Type: application/json\r\n\r\n{\"Media")
+
+
+@pytest.fixture
+def token_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command line finds the canary token in PLEX_TOKEN."""
+    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
 
 
 @pytest.fixture
@@ -1529,9 +1537,8 @@ def test_config__frozen_and_replace() -> None:
         dataclasses.replace(config, timeout=0)
 
 
-def test_config__from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config__from_env(monkeypatch: pytest.MonkeyPatch, token_env: None) -> None:
     monkeypatch.setenv("PLEX_CLIENT_IDENTIFIER", "env-client")
-    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
     monkeypatch.setenv("PLEX_SERVER_URL", "http://192.0.2.10:32400")
     monkeypatch.setenv("PLEX_TV_URL", "")
     config = Config.from_env(timeout=3.0)
@@ -3693,11 +3700,9 @@ def test_deadline__error_bodies_made_to_cost_time_end_in_time(fault_server: Any,
 # ===========================================================================
 
 
-def test_cli__no_traceback_for_odd_server_strings(cli: Any, httpserver: HTTPServer,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli__no_traceback_for_odd_server_strings(cli: Any, httpserver: HTTPServer, token_env: None) -> None:
     httpserver.expect_request("/api/v2/user").respond_with_data(
         b'{"id": 1, "uuid": "u", "username": "\\ud800bad", "authToken": "t"}', content_type="application/json")
-    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
     code, out, err = cli("whoami")
     assert (code, err) == (0, "")
     assert out.startswith("username: \ufffdbad\n")
@@ -3717,10 +3722,10 @@ def test_cli__link_refuses_odd_pins_without_a_traceback(cli: Any, httpserver: HT
     assert err == f"plexauth: error: POST /api/v2/pins answered 201 with a body that could not be used: {reason}\n"
 
 
-def test_cli__unexpected_failures_are_one_line_without_v(cli: Any, httpserver: HTTPServer,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli__unexpected_failures_are_one_line_without_v(
+    cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, token_env: None
+) -> None:
     httpserver.expect_request("/api/v2/user").respond_with_json(ACCOUNT)
-    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
     closed = io.StringIO()
     closed.close()
     monkeypatch.setattr(sys, "stdout", closed)  # `plexauth whoami >&-`
@@ -3792,10 +3797,9 @@ def test_cli__a_token_that_can_be_neither_saved_nor_revoked_is_said_so(cli: Any,
         ("fifo", "file {kept}: it is not a regular file"),
     ],
 )
-def test_cli__kept_files_that_are_not_private_are_refused(cli: Any, httpserver: HTTPServer,
-                                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Any,
-                                                          how: str, wrong: str) -> None:
-    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
+def test_cli__kept_files_that_are_not_private_are_refused(
+    cli: Any, httpserver: HTTPServer, tmp_path: Any, how: str, wrong: str, token_env: None
+) -> None:
     kept_file(tmp_path / "config", how)
     code, out, err = cli("whoami")
     folder = tmp_path / "config" / "plexauth"
@@ -3805,10 +3809,10 @@ def test_cli__kept_files_that_are_not_private_are_refused(cli: Any, httpserver: 
     assert len(httpserver.log) == 0
 
 
-def test_cli__kept_file_that_is_not_text_gives_a_warning(cli: Any, httpserver: HTTPServer,
-                                                         monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+def test_cli__kept_file_that_is_not_text_gives_a_warning(
+    cli: Any, httpserver: HTTPServer, tmp_path: Any, token_env: None
+) -> None:
     httpserver.expect_request("/api/v2/user").respond_with_json(ACCOUNT)
-    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
     kept_file(tmp_path / "config", "private")
     (tmp_path / "config" / "plexauth" / "client-id").write_bytes(b"\xff\xfe")
     code, _, err = cli("whoami")
@@ -3926,8 +3930,7 @@ def test_cli__sign_in_without_password_and_no_tty_exits_2(cli: Any, httpserver: 
 
 def test_cli__sign_in_prompts_on_a_tty(cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch) -> None:
     # 1029 first; on a terminal the code is asked for and the sign-in sent again with it.
-    two_factor = {"errors": [{"code": 1029, "message": "Please enter the verification code"}]}
-    httpserver.expect_ordered_request("/api/v2/users/signin").respond_with_json(two_factor, status=401)
+    httpserver.expect_ordered_request("/api/v2/users/signin").respond_with_json(TWO_FACTOR, status=401)
     httpserver.expect_ordered_request("/api/v2/users/signin").respond_with_json(ACCOUNT, status=201)
     monkeypatch.setattr(sys, "stdin", FakeTTY("me@example.com\n"))
     answers = {"Password: ": PASSWORD, "Verification code: ": CODE + " "}
@@ -3951,8 +3954,7 @@ def test_cli__sign_in_prompts_on_a_tty(cli: Any, httpserver: HTTPServer, monkeyp
 def test_cli__sign_in_two_factor_exits_4(
     cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, tty: bool
 ) -> None:
-    two_factor = {"errors": [{"code": 1029, "message": "Please enter the verification code"}]}
-    httpserver.expect_request("/api/v2/users/signin").respond_with_json(two_factor, status=401)
+    httpserver.expect_request("/api/v2/users/signin").respond_with_json(TWO_FACTOR, status=401)
     monkeypatch.setenv("PLEX_PASSWORD", PASSWORD)
     args = ["sign-in", "--login", "me"]
     if tty:  # a code was given and is wrong: not asked again
@@ -4030,29 +4032,28 @@ def test_cli__whoami(cli: Any, httpserver: HTTPServer, monkeypatch: pytest.Monke
     }
 
 
-def test_cli__whoami_minimal_account(cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli__whoami_minimal_account(
+    cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, token_env: None
+) -> None:
     monkeypatch.delenv("PLEX_SERVER_URL")  # not needed by whoami
     account = {"id": 1, "uuid": "u", "username": "x", "authToken": AUTH_TOKEN, "subscription": {"active": False}}
     httpserver.expect_request("/api/v2/user").respond_with_json(account)
-    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
     assert cli("whoami")[1] == "username: x\nemail: -\nid: 1\nsubscription: inactive (?)\ntoken expires: unknown\n"
     httpserver.clear()
     httpserver.expect_request("/api/v2/user").respond_with_json({**account, "subscription": None})
     assert "subscription: none\n" in cli("whoami")[1]
 
 
-def test_cli__transient_token(cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli__transient_token(cli: Any, httpserver: HTTPServer, token_env: None) -> None:
     httpserver.expect_request("/security/token", query_string="type=delegation&scope=all").respond_with_json(
         {"MediaContainer": {"token": TRANSIENT}}
     )
-    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
     assert cli("transient-token", shown=(TRANSIENT,)) == (0, TRANSIENT + "\n", "")
     assert json.loads(cli("transient-token", "--json", shown=(TRANSIENT,))[1]) == {"token": TRANSIENT}
 
 
-def test_cli__source_info(cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli__source_info(cli: Any, httpserver: HTTPServer, token_env: None) -> None:
     httpserver.expect_request("/security/resources").respond_with_json(SOURCE)
-    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
     code, out, err = cli("source-info", "server://0123456789abcdef")
     assert (code, err) == (0, "")
     assert out == (
@@ -4083,7 +4084,7 @@ def test_cli__source_info(cli: Any, httpserver: HTTPServer, monkeypatch: pytest.
     ("status", "body", "expected"),
     [
         (401, {"errors": [{"code": 1001, "message": "User could not be authenticated"}]}, 3),
-        (401, {"errors": [{"code": 1029, "message": "Please enter the verification code"}]}, 4),
+        (401, TWO_FACTOR, 4),
         (429, {"errors": [{"code": 1003, "message": "Rate limit exceeded"}]}, 5),
         (200, "not json", 7),
         (500, "boom", 1),
@@ -4092,21 +4093,19 @@ def test_cli__source_info(cli: Any, httpserver: HTTPServer, monkeypatch: pytest.
     ids=["unauthorized", "two-factor", "rate-limited", "unexpected", "server-error", "not-found"],
 )
 def test_cli__exit_codes(
-    cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, status: int, body: Any, expected: int
+    cli: Any, httpserver: HTTPServer, status: int, body: Any, expected: int, token_env: None
 ) -> None:
     data = body if isinstance(body, str) else json.dumps(body)
     httpserver.expect_request("/api/v2/user").respond_with_data(data, status=status, headers={"Retry-After": "60"})
-    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
     code, out, err = cli("whoami", "--timeout", "5")
     assert (code, out) == (expected, "")
     assert err.startswith("plexauth: error: GET /api/v2/user ")
     assert err.count("\n") == 1  # one line, no traceback
 
 
-def test_cli__network_error_exits_6(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli__network_error_exits_6(cli: Any, token_env: None) -> None:
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]
-    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
     code, _, err = cli("--server", f"http://127.0.0.1:{port}", "transient-token")
     assert code == 6
     assert err.startswith("plexauth: error: GET /security/token could not complete: could not connect (")
@@ -4166,10 +4165,9 @@ def test_cli__help_and_version(cli: Any) -> None:
 
 
 def test_cli__client_identifier_kept_0600_and_reused(
-    cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+     cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any , token_env: None
 ) -> None:
     httpserver.expect_request("/api/v2/user").respond_with_json(ACCOUNT)
-    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
     assert cli("whoami")[0] == 0
     assert cli("whoami")[0] == 0
     kept = tmp_path / "config" / "plexauth" / "client-id"
@@ -4185,10 +4183,9 @@ def test_cli__client_identifier_kept_0600_and_reused(
 
 
 def test_cli__client_identifier_unwritable_or_unreadable(
-    cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+     cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any , token_env: None
 ) -> None:
     httpserver.expect_request("/api/v2/user").respond_with_json(ACCOUNT)
-    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "file"))  # a file where a folder should be
     code, _, err = cli("whoami")
@@ -4212,9 +4209,8 @@ def test_cli__client_identifier_written_first_by_another_run(tmp_path: Any, monk
     assert [p.name for p in tmp_path.iterdir()] == ["client-id"]
 
 
-def test_cli__verbose_logs_without_secrets(cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch):
+def test_cli__verbose_logs_without_secrets(cli: Any, httpserver: HTTPServer, token_env: None):
     httpserver.expect_request("/api/v2/user").respond_with_json({"errors": [{"code": 1001}]}, status=401)
-    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
     code, out, err = cli("-v", "whoami")
     assert (code, out) == (3, "")
     assert "plexauth: GET /api/v2/user -> 401 (" in err
@@ -4319,9 +4315,8 @@ def test_cli__link_expired_exits_8(
     assert err.endswith(f"\nplexauth: error: {message}\n")
 
 
-def test_cli__ping_and_sign_out(cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli__ping_and_sign_out(cli: Any, httpserver: HTTPServer, token_env: None) -> None:
     plex_tv = FakePlexTV(httpserver)
-    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
     assert cli("ping") == (0, "", "")  # silent when alive: a nightly cron job mails nothing
     assert cli("sign-out") == (0, "", "plexauth: signed out: the token no longer works\n")
     assert plex_tv.tokens == set()
@@ -4338,8 +4333,7 @@ def test_cli__sign_in_on_a_real_terminal(httpserver: HTTPServer, tmp_path: Any) 
     import pty
     import select
 
-    two_factor = {"errors": [{"code": 1029, "message": "Please enter the verification code"}]}
-    httpserver.expect_ordered_request("/api/v2/users/signin").respond_with_json(two_factor, status=401)
+    httpserver.expect_ordered_request("/api/v2/users/signin").respond_with_json(TWO_FACTOR, status=401)
     httpserver.expect_ordered_request("/api/v2/users/signin").respond_with_json(ACCOUNT, status=201)
     env = {
         "PATH": os.environ.get("PATH", ""),
