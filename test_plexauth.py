@@ -1560,8 +1560,9 @@ def test_config__from_env_needs_client_identifier(monkeypatch: pytest.MonkeyPatc
 def test_dataclass__config_and_models_are_frozen_dataclasses() -> None:
     for cls in (Config, plexauth.UserPlexAccount, plexauth.Connection, plexauth.Pin):
         assert dataclasses.is_dataclass(cls), cls
-        assert cls.__dataclass_params__.frozen, cls  # type: ignore[attr-defined]
-        assert list(typing.get_type_hints(cls)) == [field.name for field in dataclasses.fields(cls)]
+        assert cls.__dataclass_params__.frozen, cls
+        if sys.version_info >= (3, 10):  # before, "str | None" cannot be evaluated (for any dataclass)
+            assert list(typing.get_type_hints(cls)) == [field.name for field in dataclasses.fields(cls)]
     assert [field.name for field in dataclasses.fields(Config)][:3] == ["client_identifier", "token", "server_url"]
     assert not dataclasses.fields(plexauth.Connection)[-1].compare
     assert str(inspect.signature(plexauth.Connection)) == (
@@ -1569,14 +1570,15 @@ def test_dataclass__config_and_models_are_frozen_dataclasses() -> None:
         "uri: 'str | None' = None, local: 'bool | None' = None, relay: 'bool | None' = None, "
         "raw: 'Mapping[str, Any]' = <factory>) -> None"
     )
-    assert Config.__match_args__[:2] == ("client_identifier", "token")
+    if sys.version_info >= (3, 10):  # dataclasses make __match_args__ from 3.10 on
+        assert Config.__match_args__[:2] == ("client_identifier", "token")
     connection = plexauth.Connection(protocol="http", port=32400)
     assert dataclasses.asdict(connection) == {"protocol": "http", "address": None, "port": 32400, "uri": None,
                                               "local": None, "relay": None, "raw": {}}
     config = Config(CLIENT_ID, token=TOKEN)
     assert pickle.loads(pickle.dumps(config)) == config
     if sys.version_info >= (3, 13):
-        assert copy.replace(config, token="other").token == "other"  # type: ignore[attr-defined]
+        assert copy.replace(config, token="other").token == "other"
     assert copy.copy(config) == config
 
 
@@ -1604,7 +1606,8 @@ def test_dataclass__behaves_as_dataclasses_do() -> None:
     assert service.raw == {}
     assert pickle.loads(pickle.dumps(service)) == service
     assert {service, plexauth.Service(identifier="a", token=SERVICE_TOKEN)} == {service}
-    assert plexauth.Service.__match_args__[:2] == ("identifier", "endpoint")
+    if sys.version_info >= (3, 10):
+        assert plexauth.Service.__match_args__[:2] == ("identifier", "endpoint")
 
 
 def test_models__bool_and_int_forms() -> None:
@@ -1730,6 +1733,9 @@ def test_get_transient_token__undecodable_2xx(httpserver: HTTPServer, config: Co
     httpserver.expect_request("/security/token").respond_with_data(body, status=200)
     with raises(ResponseError) as info:
         plexauth.get_transient_token(config)
+    if body.startswith(b"[[[") and info.value.reason == "'MediaContainer' is missing":
+        assert sys.version_info >= (3, 12)  # whose JSON decoder reads 5 000 levels: a list, not a container
+        reason = info.value.reason
     assert info.value.reason == reason
     assert info.value.status == 200
     assert str(info.value) == f"GET /security/token answered 200 with a body that could not be used: {reason}"
