@@ -796,15 +796,16 @@ _CODE_TWO_FACTOR = 1029
 _CODE_RATE_LIMITED = 1003
 
 _pools: dict[bool | str, urllib3.PoolManager] = {}
+
+
 class _CallState(threading.local):
     """What this thread's call is doing, for code that urllib3 or a decoder
-    runs deep inside it: its deadline, and the secrets a server may echo."""
+    runs deep inside it: its deadline (for every read, the TLS handshake, and
+    masking what the server sent: past it, what is left to mask is withheld),
+    none outside a call; and the secrets a server may echo."""
 
-    deadline = 0.0
+    deadline = math.inf
     secrets: tuple[str, ...] = ()
-    # Masking what a server sent (an error body, a redirect) ends by the call's
-    # deadline too: past it, what is left to mask is withheld (_OutOfTime).
-    masking_deadline = math.inf
     # Inside a model's repr: the secrets of the models in it, for the outermost to mask.
     repr_secrets: set[str] | None = None
 
@@ -1115,7 +1116,6 @@ def _exchange(request: _Request, url: str, headers: dict[str, str]) -> _Answer:
     """
     started = time.monotonic()
     reason = None
-    _local.deadline = request.deadline
     try:
         left = _seconds_left(request.deadline)
         timeout = request.timeout if left >= request.config.timeout else urllib3.Timeout(connect=left, read=left)
@@ -1367,7 +1367,7 @@ class _View:
     def unescaped(self) -> _View | None:
         """This text with one level of escapes undone; None when it holds none."""
         text = self.text
-        if len(text) > _QUICK_TO_MASK and time.monotonic() > _local.masking_deadline:
+        if len(text) > _QUICK_TO_MASK and time.monotonic() > _local.deadline:
             raise _OutOfTime
         view = _View("", self)
         out = io.StringIO()  # not a list of pieces: a text of many escapes would make millions
@@ -1871,7 +1871,7 @@ def _api_error(answer: _Answer, request: _Request) -> APIError:
         code, message, errors, body = _shown_error(text, secrets)
     except _OutOfTime:  # the deadline passed while masking: only the status and code are kept
         code, message, errors, body = _error_details(text)[0], None, (), b""
-        if any(str(code) in secret for secret in secrets if secret):
+        if _shown_value(code, secrets) != code:  # a short text: masked in time
             code = None
     status = answer.status
     kwargs: dict[str, Any] = {"method": request.method, "path": request.path, "errors": errors, "body": body}
@@ -1931,18 +1931,19 @@ def _send(
         headers = {**headers, "Content-Type": "application/x-www-form-urlencoded"}
     request = _Request(config, method, url, base_path + path, headers, body, on_server,
                        (config.token or "", *secrets), ends if deadline is None else min(deadline, ends))
-    tries = config.retries + 1 if method == "GET" else 1
-    _local.masking_deadline = request.deadline
+    _local.deadline = request.deadline
     try:
-        return _tries(request, tries), request
+        return _tries(request), request
     finally:
-        _local.masking_deadline = math.inf
+        _local.deadline = math.inf
 
 
-def _tries(request: _Request, tries: int) -> _Answer:
-    """``request`` sent up to ``tries`` times: its 2xx answer, or the error of the last try."""
-    attempt = 0
+def _tries(request: _Request) -> _Answer:
+    """``request`` sent as often as it may be (GETs are retried): its 2xx
+    answer, or the error of the last try."""
     method = request.method
+    tries = request.config.retries + 1 if method == "GET" else 1
+    attempt = 0
     while True:
         attempt += 1
         failure: PlexAuthError | None = None
