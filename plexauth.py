@@ -323,12 +323,8 @@ class Config(_Record):
             config = Config.from_env(timeout=5.0)
         """
         values: dict[str, Any] = {}
-        for name, variable in (
-            ("client_identifier", "PLEX_CLIENT_IDENTIFIER"),
-            ("token", "PLEX_TOKEN"),
-            ("server_url", "PLEX_SERVER_URL"),
-            ("plex_tv_url", "PLEX_TV_URL"),
-        ):
+        for name, variable in (("client_identifier", "PLEX_CLIENT_IDENTIFIER"), ("token", "PLEX_TOKEN"),
+                               ("server_url", "PLEX_SERVER_URL"), ("plex_tv_url", "PLEX_TV_URL")):
             if os.environ.get(variable):
                 values[name] = os.environ[variable]
         values.update(overrides)
@@ -711,15 +707,8 @@ class TwoFactorRequiredError(UnauthorizedError):
 class RateLimitedError(APIError):
     """429 (plex.tv code 1003): safe to retry after ``retry_after`` seconds (None if unknown)."""
 
-    def __init__(
-        self,
-        status: int,
-        code: int | None = None,
-        message: str | None = None,
-        *,
-        retry_after: float | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, status: int, code: int | None = None, message: str | None = None, *,
+                 retry_after: float | None = None, **kwargs: Any) -> None:
         self.retry_after = retry_after
         super().__init__(status, code, message, **kwargs)
 
@@ -741,11 +730,8 @@ class ResponseError(PlexAuthError):
     def __init__(self, reason: str, *, status: int, method: str, path: str) -> None:
         self.status = status
         self.reason = reason
-        super().__init__(
-            f"{method} {path} answered {status} with a body that could not be used: {reason}",
-            method=method,
-            path=path,
-        )
+        super().__init__(f"{method} {path} answered {status} with a body that could not be used: {reason}",
+                         method=method, path=path)
 
 
 class TransportError(PlexAuthError):
@@ -1709,7 +1695,7 @@ def _parse_text(text: str) -> Any:
         raise _Invalid("invalid JSON at line {}, column {}".format(*position))
     if start == "<":
         return _parse_xml(text)
-    raise _Invalid("the body is empty" if not start else "the body is neither JSON nor XML")
+    raise _Invalid("the body is empty" if not start else "the body is neither a JSON object or list nor XML")
 
 
 def _without_surrogates(value: Any) -> Any:
@@ -2015,8 +2001,6 @@ def _call(
     raise _response_error(sent, answer.status, reason)
 
 
-
-
 def _unwrap(doc: Any, tag: str) -> Any:
     """plex.tv's XML wraps the object in its root element; JSON does not."""
     if isinstance(doc, dict) and len(doc) == 1 and isinstance(doc.get(tag), dict):
@@ -2170,17 +2154,8 @@ def post_users_sign_in_data(
     }
     if verification_code is not None:
         form["verificationCode"] = _check_text("verification_code", verification_code, secret=True)
-    return _call(
-        config,
-        "POST",
-        "/users/signin",
-        _account,
-        minted="user",
-        on_server=False,
-        form=form,
-        send_token=False,
-        secrets=(password, verification_code or ""),
-    )
+    return _call(config, "POST", "/users/signin", _account, minted="user", on_server=False, form=form,
+                 send_token=False, secrets=(password, verification_code or ""))
 
 
 # =============================================================================
@@ -2385,8 +2360,6 @@ class _UsageError(Exception):
 
 class _Failure(Exception):
     """A failure the command line explains in its own words: exit code 1."""
-
-
 
 
 def _exit_code(exc: PlexAuthError) -> int:

@@ -417,8 +417,6 @@ SOURCE_XML = f"""<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
-
-
 @pytest.fixture(scope="session")
 def httpserver_listen_address() -> tuple[str, int]:
     return ("127.0.0.1", 0)
@@ -434,6 +432,12 @@ def config(httpserver: HTTPServer) -> Config:
         retries=2,
         timeout=5.0,
     )
+
+
+@pytest.fixture(params=[(json.dumps(ACCOUNT), "application/json"), (ACCOUNT_XML, "text/xml")], ids=["json", "xml"])
+def account_body(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """The same account, as plex.tv sends it in JSON and in XML: (body, content type)."""
+    return request.param  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -1707,7 +1711,7 @@ def test_get_transient_token__accepts_enum_members_and_strings(httpserver: HTTPS
         (b"<MediaContainer token='x'", "invalid XML at line 1, column 0"),
         (b'{"MediaContainer": {"token": "\xff\xfe"}}', "the body is not valid UTF-8"),
         (b"", "the body is empty"),
-        (b"OK", "the body is neither JSON nor XML"),
+        (b"OK", "the body is neither a JSON object or list nor XML"),
         (b'<!DOCTYPE x [<!ENTITY a "b">]><MediaContainer token="&a;"/>', "XML with a DTD or entities is refused"),
         (b"[" * 5_000 + b"]" * 5_000, "the body could not be decoded"),
         (b"<a>" * 40 + b"</a>" * 40, "the XML is nested too deeply"),
@@ -1821,11 +1825,8 @@ def test_get_source_connection_information__rejects_bad_source(config: Config, s
 # ===========================================================================
 
 
-@pytest.mark.parametrize(
-    ("body", "content_type"), [(json.dumps(ACCOUNT), "application/json"), (ACCOUNT_XML, "application/xml")],
-    ids=["json", "xml"],
-)
-def test_get_token_details__returns_account(httpserver: HTTPServer, config: Config, body: str, content_type: str):
+def test_get_token_details__returns_account(httpserver: HTTPServer, config: Config, account_body: tuple[str, str]):
+    body, content_type = account_body
     httpserver.expect_request("/api/v2/user", method="GET").respond_with_data(body, content_type=content_type)
 
     account = plexauth.get_token_details(config)
@@ -1895,13 +1896,10 @@ def test_get_token_details__not_an_object(httpserver: HTTPServer, config: Config
 # ===========================================================================
 
 
-@pytest.mark.parametrize(
-    ("body", "content_type"), [(json.dumps(ACCOUNT), "application/json"), (ACCOUNT_XML, "text/xml")],
-    ids=["json", "xml"],
-)
 def test_post_users_sign_in_data__returns_account(
-    httpserver: HTTPServer, config: Config, body: str, content_type: str
+    httpserver: HTTPServer, config: Config, account_body: tuple[str, str]
 ) -> None:
+    body, content_type = account_body
     httpserver.expect_request("/api/v2/users/signin", method="POST").respond_with_data(
         body, status=201, content_type=content_type
     )
@@ -2241,16 +2239,26 @@ def test_errors__plex_tv_bodies(
 
 @pytest.mark.parametrize("op", [op for op in OPS if op.name not in STATUS_ONLY], ids=repr)
 @pytest.mark.parametrize(
-    "body",
-    [b"not json", b"{}", b"<html><body>OK</body></html>", b'{"MediaContainer": []}', b"", b"null"],
-    ids=["text", "empty-object", "html", "container-list", "empty", "null"],
+    ("body", "reason"),
+    [
+        (b"not json", "the body is neither a JSON object or list nor XML"),
+        (b"null", "the body is neither a JSON object or list nor XML"),
+        (b"", "the body is empty"),
+        (b"{}", "missing"),
+        (b"<html><body>OK</body></html>", "missing"),
+        (b'{"MediaContainer": []}', "missing"),
+    ],
+    ids=["text", "null", "empty", "empty-object", "html", "container-list"],
 )
-def test_errors__undecodable_2xx(httpserver: HTTPServer, config: Config, op: Op, body: bytes) -> None:
+def test_errors__undecodable_2xx(httpserver: HTTPServer, config: Config, op: Op, body: bytes, reason: str) -> None:
     expect(httpserver, op).respond_with_data(body, status=201 if op.method == "POST" else 200)
     with raises(ResponseError) as info:
         op.call(config)
     assert str(info.value).startswith(f"{op.method} {op.path} answered 20")
-    assert info.value.reason
+    if reason == "missing":  # what is missing: the container of a server's answer, else the model's id
+        on_server = op.path.startswith("/security")
+        reason = "'MediaContainer' is missing" if on_server else "'id' is missing or has the wrong type"
+    assert info.value.reason == reason
 
 
 def test_errors__entries_kept(httpserver: HTTPServer, config: Config) -> None:
@@ -2757,10 +2765,10 @@ def test_secrets__never_shown(httpserver: HTTPServer, config: Config, caplog: py
         assert_no_secret(request.full_path)
 
 
-@pytest.mark.parametrize(("body", "content_type"), [(json.dumps(ACCOUNT), "json"), (ACCOUNT_XML, "xml")])
 def test_secrets__server_made_secrets_masked_in_error_body(
-    httpserver: HTTPServer, config: Config, body: str, content_type: str
+    httpserver: HTTPServer, config: Config, account_body: tuple[str, str]
 ) -> None:
+    body, _ = account_body
     # A 500 that carries an account (a cut one too): its tokens are masked in .body.
     for cut in (len(body), body.index(AUTH_TOKEN) + 5):
         httpserver.expect_ordered_request("/api/v2/user").respond_with_data(body[:cut], status=500)
