@@ -1054,29 +1054,21 @@ class _Answer:
         self.body = body
 
 
-def _describe(exc: BaseException) -> str:
-    """A short reason for a transport failure, from the exception's kind and
-    the innermost OS error (refused, reset, certificate verify failed); never
-    the server's words, which http.client puts in some of its exceptions."""
-    kind = "connection failed"
-    # NewConnectionError subclasses ConnectTimeoutError, so it goes first.
-    if isinstance(exc, urllib3.exceptions.NewConnectionError):
-        kind = "could not connect"
-    elif isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
-        kind = "timed out"
-    elif isinstance(exc, (urllib3.exceptions.SSLError, ssl.SSLError)):
-        kind = "TLS failed"  # ssl's own: a CA bundle that cannot be loaded
-    elif isinstance(exc, urllib3.exceptions.ProtocolError):
-        kind = "connection broken"
+def _describe(exc: BaseException, url: str, seconds: float) -> str:
+    """What went wrong, in plain words, and where: the scheme, host and port
+    of ``url`` (never its path, query or credentials).  Never the server's
+    words, which http.client puts in some of its exceptions: only the kind
+    of exception and the innermost OS error (refused, reset, not trusted)."""
+    where = _where(url)
     seen = set()
-    detail = None
+    error: OSError | None = None
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, _Unusable):
-            return str(current)
+            return f"{current} (from {where})"
         if isinstance(current, OSError) and not isinstance(current, urllib3.exceptions.HTTPError):
-            detail = current.strerror or str(current) or type(current).__name__
+            error = current
         reason = getattr(current, "reason", None)
         nested = [a for a in getattr(current, "args", ()) if isinstance(a, BaseException)]
         current = (
@@ -1084,13 +1076,37 @@ def _describe(exc: BaseException) -> str:
             else nested[0] if nested
             else current.__cause__ or current.__context__
         )
-    return f"{kind} ({detail})" if detail else f"{kind} ({type(exc).__name__})"
+    detail = (error.strerror or str(error) or type(error).__name__) if error else type(exc).__name__
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"the TLS certificate of {where} is not trusted ({error.verify_message or detail})"
+    # NewConnectionError subclasses ConnectTimeoutError, so it goes first.
+    if isinstance(exc, urllib3.exceptions.NewConnectionError) or isinstance(error, ConnectionRefusedError):
+        if isinstance(error, socket.gaierror):
+            return f"the host name of {where} was not found ({detail})"
+        if isinstance(error, ConnectionRefusedError):
+            return f"{where} refused the connection"
+        return f"could not connect to {where} ({detail})"
+    if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
+        return f"connecting to {where} timed out after {seconds:g} s"
+    if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
+        return f"{where} sent nothing for {seconds:g} s (timed out)"
+    if isinstance(exc, (urllib3.exceptions.SSLError, ssl.SSLError)):  # ssl's own: a CA bundle that cannot be loaded
+        return f"TLS with {where} failed ({detail})"
+    if isinstance(exc, urllib3.exceptions.ProtocolError):
+        return f"the connection to {where} broke ({detail})"
+    return f"the connection to {where} failed ({detail})"
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urllib3.util.parse_url(url)
     default = 443 if parts.scheme == "https" else 80
     return (parts.scheme or "", (parts.host or "").lower(), parts.port or default)
+
+
+def _where(url: str) -> str:
+    """``scheme://host:port`` of ``url``, for messages: no credentials, path or query."""
+    scheme, host, port = _origin(url)
+    return f"{scheme}://{host}:{port}"  # an IPv6 host keeps its brackets
 
 
 def _exchange(request: _Request, url: str, headers: dict[str, str]) -> _Answer:
@@ -1102,9 +1118,10 @@ def _exchange(request: _Request, url: str, headers: dict[str, str]) -> _Answer:
     """
     started = time.monotonic()
     reason = None
+    seconds = request.config.timeout
     try:
         left = _seconds_left(request.deadline)
-        timeout = request.timeout if left >= request.config.timeout else urllib3.Timeout(connect=left, read=left)
+        timeout = request.timeout if left >= seconds else urllib3.Timeout(connect=left, read=left)
         response = _pool(request.config.verify).urlopen(
             request.method,
             url,
@@ -1128,14 +1145,14 @@ def _exchange(request: _Request, url: str, headers: dict[str, str]) -> _Answer:
                 response.close()  # half read: never back to the pool
             response.release_conn()
     except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
-        reason = _describe(exc)
+        reason = _describe(exc, url, seconds)
     elapsed = time.monotonic() - started
     if reason is None:
         _log.debug("%s %s -> %d (%.3f s)", request.method, request.path, response.status, elapsed)
         return _Answer(response.status, response.headers, body)
     if time.monotonic() >= request.deadline:
         total = request.config.total_timeout
-        reason = f"no complete answer within the {total:g} s limit for the whole call (Config.total_timeout)"
+        reason = f"no complete answer from {_where(url)} within the {total:g} s limit for the whole call"
     _log.debug("%s %s failed after %.3f s", request.method, request.path, elapsed)
     raise request.failed(reason)
 
@@ -2336,55 +2353,62 @@ def sign_out(config: Config) -> None:
 # =============================================================================
 
 _EXIT_CODES = """\
-exit codes:
+exit codes (after 5 or 6, trying again later may help; after 2, 3 or 4 it will not):
   0  done
-  1  any other error (an unexpected status, a file that cannot be written)
-  2  usage: a wrong option, or no token/password/login where one is needed
-  3  unauthorized: the token, login or password is not accepted
-  4  plex.tv asks for a verification code (or the one given was wrong)
-  5  rate limited: try again later
-  6  network: refused, reset, timed out, TLS failure
+  1  any other error (an unexpected answer; a new token that cannot be kept, and is revoked)
+  2  usage: a wrong option or variable, a kept file refused, no token or password
+  3  unauthorized: the token, login or password is not accepted (plexauth login)
+  4  plex.tv asks for a verification code (--code), or the one given was wrong
+  5  try again later: rate limited, or plex.tv or the server unavailable (502, 503, 504)
+  6  network: refused, name not found, timed out, TLS failure
   7  the server's answer could not be used
-  8  link: the PIN expired, or was not approved within --timeout
+  8  login, link: the PIN expired, or was not approved within --wait
+"""
 
-The token is read from --token-file, PLEX_TOKEN_FILE or PLEX_TOKEN, never from
-the command line (where other users see it in ps).  Without --client-id or
-PLEX_CLIENT_IDENTIFIER, an identifier made once is kept in
-$XDG_CONFIG_HOME/plexauth/client-id (plex.tv lists each new one as a device).
+_ENVIRONMENT = """\
+environment (an option wins over its variable; each command reads only what it uses):
+  PLEX_TOKEN_FILE, PLEX_TOKEN   the token, after --token-file and before the kept login
+  PLEX_CLIENT_IDENTIFIER        X-Plex-Client-Identifier (--client-id)
+  PLEX_TV_URL, PLEX_SERVER_URL  plex.tv's API (--plex-tv-url) and the Plex Media Server (--server)
+  PLEX_LOGIN, PLEX_PASSWORD     for sign-in and login --password
+  XDG_CONFIG_HOME               plexauth keeps its login and client identifier in
+                                $XDG_CONFIG_HOME/plexauth (else ~/.config/plexauth)
+
+A token or password is never an argument (other users see arguments in ps).
 """
 
 
-class _UsageError(Exception):
+class _Exit(Exception):
+    """A failure the command line explains in its own words, and its exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _UsageError(_Exit):
     """A problem with how the command was called: exit code 2."""
 
-
-class _Failure(Exception):
-    """A failure the command line explains in its own words: exit code 1."""
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 2)
 
 
 def _exit_code(exc: PlexAuthError) -> int:
-    for cls, code in (
-        (PinExpiredError, 8),
-        (TwoFactorRequiredError, 4),
-        (UnauthorizedError, 3),
-        (RateLimitedError, 5),
-        (TransportError, 6),
-        (ResponseError, 7),
-    ):
+    for cls, code in ((PinExpiredError, 8), (TwoFactorRequiredError, 4), (UnauthorizedError, 3),
+                      (RateLimitedError, 5), (TransportError, 6), (ResponseError, 7)):
         if isinstance(exc, cls):
             return code
-    return 1
+    return 5 if isinstance(exc, APIError) and exc.status in (502, 503, 504) else 1
 
 
-def _read_secret_file(path: str, what: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as file:
-            text = file.read().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _UsageError(f"cannot read the {what} file {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
-    if not text:
-        raise _UsageError(f"the {what} file {path!r} is empty")
-    return text
+# -----------------------------------------------------------------------------
+# Kept files: the login and the client identifier, private to this user
+# -----------------------------------------------------------------------------
+
+
+def _kept_path(name: str) -> str:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "plexauth", name)
 
 
 def _write_private(path: str, text: str, *, replace: bool = True) -> None:
@@ -2411,39 +2435,23 @@ def _write_private(path: str, text: str, *, replace: bool = True) -> None:
             os.unlink(temporary)
 
 
-def _config_folder() -> str:
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return os.path.join(base, "plexauth")
+def _private_folder(path: str) -> str:
+    """The folder of kept file ``path``, made 0700 if missing; refused unless private."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    _check_private(folder, folder=True)
+    return folder
 
 
-def _kept_client_identifier() -> str:
-    """The identifier kept for this user, made and kept on the first run."""
-    path = os.path.join(_config_folder(), "client-id")
-    kept = _read_kept(path)
-    if kept:
-        return kept
-    import uuid  # noqa: PLC0415 (only the first run makes one)
-
-    made = f"plexauth-{uuid.uuid4().hex}"
-    try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        _check_private(os.path.dirname(path), folder=True)
-        _write_private(path, made, replace=False)
-        return _read_kept(path) or made  # this run's, or that of another run that wrote it first
-    except OSError as exc:
-        # A read-only home still works, but plex.tv sees a new device each run.
-        _warn(f"cannot keep the client identifier in {path} ({exc.strerror}); set PLEX_CLIENT_IDENTIFIER")
-    return made
-
-
-#: A kept file is a line of text; anything larger is not one of ours.
+#: A kept file is a few lines of text; anything larger is not one of ours.
 _MAX_KEPT_BYTES = 4096
 
 
 def _check_private(path: str, *, folder: bool = False, fd: int | None = None) -> None:
     """A usage error unless ``path`` is this user's own regular file (or
-    folder) that no other user can change: another user's file, or one that
-    others can write, could hand this program someone else's device."""
+    folder) that no other user can read or change: another user's file, or
+    one that others can write, could hand this program someone else's
+    token or device."""
     import stat  # noqa: PLC0415 (only kept files need it)
 
     status = os.fstat(fd) if fd is not None else os.stat(path) if folder else os.lstat(path)
@@ -2457,15 +2465,18 @@ def _check_private(path: str, *, folder: bool = False, fd: int | None = None) ->
         others = "writable" if folder else "readable or writable"
         wrong = f"{others} by other users (mode {stat.S_IMODE(status.st_mode):04o})"
     if wrong:
-        _refuse_kept(path, kind, wrong)
+        _refuse(path, wrong, kind)
 
 
-def _refuse_kept(path: str, kind: str, wrong: str) -> NoReturn:
-    raise _UsageError(f"refusing the kept {kind} {path}: it is {wrong}; remove it, or set PLEX_CLIENT_IDENTIFIER")
+def _refuse(path: str, wrong: str, kind: str = "file") -> NoReturn:
+    remedy = {"client-id": ", or set PLEX_CLIENT_IDENTIFIER", _LOGIN_FILE: " and run plexauth login"}
+    hint = ", or chmod 700 it" if kind == "folder" else remedy.get(os.path.basename(path), "")
+    raise _UsageError(f"refusing the kept {kind} {path}: it is {wrong}; remove it{hint}")
 
 
 def _read_kept(path: str) -> str | None:
-    """A kept file's text, or None when there is none; never follows a link."""
+    """A kept file's text, or None when there is none; never follows a link.
+    OSError when it cannot be read; a usage error when it is not private."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -2473,8 +2484,7 @@ def _read_kept(path: str) -> str | None:
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
             _check_private(path)
-        _warn(f"cannot read {path} ({exc.strerror}); set PLEX_CLIENT_IDENTIFIER")
-        return None
+        raise
     try:
         _check_private(path, fd=fd)
         _check_private(os.path.dirname(path), folder=True)
@@ -2482,16 +2492,72 @@ def _read_kept(path: str) -> str | None:
     finally:
         os.close(fd)
     if len(data) > _MAX_KEPT_BYTES:
-        _refuse_kept(path, "file", f"larger than {_MAX_KEPT_BYTES} bytes")
+        _refuse(path, f"larger than {_MAX_KEPT_BYTES} bytes")
     try:
         return data.decode("utf-8").strip() or None
     except UnicodeDecodeError:
-        _warn(f"cannot read {path} (not UTF-8 text); set PLEX_CLIENT_IDENTIFIER")
+        raise OSError(errno.EILSEQ, "not UTF-8 text") from None
+
+
+def _kept_client_identifier() -> str:
+    """The identifier kept for this user, made and kept on the first run."""
+    path = _kept_path("client-id")
+    try:
+        kept = _read_kept(path)
+        if kept:
+            return kept
+        made = _new_client_identifier()
+        _private_folder(path)
+        _write_private(path, made, replace=False)
+        return _read_kept(path) or made  # this run's, or that of another run that wrote it first
+    except OSError as exc:
+        # A read-only home still works, but plex.tv sees a new device each run.
+        _say(f"warning: cannot keep the client identifier in {path} ({exc.strerror}); set PLEX_CLIENT_IDENTIFIER")
+    return _new_client_identifier()
+
+
+def _new_client_identifier() -> str:
+    import uuid  # noqa: PLC0415 (only a first run makes one)
+
+    return f"plexauth-{uuid.uuid4().hex}"
+
+
+#: The login that ``plexauth login`` keeps: the token and the client identifier it belongs to.
+_LOGIN_FILE = "login.json"
+
+
+def _kept_login() -> tuple[str, str | None] | None:
+    """(token, client identifier) kept by ``plexauth login``, or None."""
+    path = _kept_path(_LOGIN_FILE)
+    try:
+        text = _read_kept(path)
+    except OSError as exc:
+        raise _UsageError(f"cannot read the kept login {path} ({exc.strerror})") from None
+    if text is None:
         return None
+    try:
+        kept = json.loads(text)
+        token, owner = kept["token"], kept.get("client_identifier")
+        if not isinstance(token, str) or not isinstance(owner, (str, type(None))):
+            raise TypeError
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise _UsageError(f"the kept login {path} is not one plexauth wrote; run plexauth login again") from None
+    return token, owner
 
 
-def _warn(message: str) -> None:
-    print(f"plexauth: warning: {message}", file=sys.stderr)
+def _keep_login(config: Config, token: str, how: str) -> str:
+    path = _kept_path(_LOGIN_FILE)
+    _write_private(path, json.dumps({"token": token, "client_identifier": config.client_identifier, "how": how}))
+    return path
+
+
+# -----------------------------------------------------------------------------
+# Input: the token, the password and the prompts
+# -----------------------------------------------------------------------------
+
+
+def _say(message: str) -> None:
+    print(f"plexauth: {message}", file=sys.stderr, flush=True)
 
 
 def _stdin_is_tty() -> bool:
@@ -2501,35 +2567,178 @@ def _stdin_is_tty() -> bool:
         return False
 
 
-def _hidden(prompt: str) -> str:
-    import getpass  # noqa: PLC0415 (only a prompt needs it)
+def _read_stdin(what: str) -> str:
+    if sys.stdin is None:
+        raise _UsageError(f"no {what}: there is no standard input")
+    try:
+        return sys.stdin.readline(_MAX_KEPT_BYTES)
+    except (OSError, ValueError) as exc:  # ValueError: closed
+        why = getattr(exc, "strerror", None) or "it is closed"
+        raise _UsageError(f"cannot read the {what} from standard input ({why})") from None
 
-    return getpass.getpass(prompt, stream=sys.stderr)
+
+def _one_line(text: str) -> str:
+    """A secret as a file or standard input gives it: its line ending goes,
+    any other white space is the secret's own (a password may end in one)."""
+    return text[:-1] if text.endswith("\n") else text
 
 
-def _sign_in_credentials(args: Any) -> tuple[str, str]:
+def _read_file(path: str, what: str) -> str:
+    if path == "-":
+        return _read_stdin(what)
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read(_MAX_KEPT_BYTES)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _UsageError(f"cannot read the {what} file {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _cli_token(args: Any) -> tuple[str, str]:
+    """The token to use and where it came from: --token-file, then
+    PLEX_TOKEN_FILE, then PLEX_TOKEN, then the kept login."""
+    path = getattr(args, "token_file", None)
+    if path or os.environ.get("PLEX_TOKEN_FILE"):
+        where = f"--token-file {path}" if path else f"PLEX_TOKEN_FILE ({os.environ['PLEX_TOKEN_FILE']})"
+        token = _read_file(path or os.environ["PLEX_TOKEN_FILE"], "token").strip()
+        if not token:
+            raise _UsageError(f"the token from {where} is empty")
+        return token, where
+    if os.environ.get("PLEX_TOKEN"):
+        return os.environ["PLEX_TOKEN"], "PLEX_TOKEN"
+    kept = _kept_login()
+    if kept is None:
+        raise _UsageError("no token: run plexauth login, or set PLEX_TOKEN_FILE or PLEX_TOKEN, or use --token-file")
+    args.kept_owner = kept[1]
+    return kept[0], f"the kept login ({_kept_path(_LOGIN_FILE)})"
+
+
+def _ask(prompt: str, what: str, *, hidden: bool = False) -> str:
+    """An answer typed at the terminal; empty or end of input is a usage error."""
+    try:
+        if hidden:
+            import getpass  # noqa: PLC0415 (only a prompt needs it)
+
+            answer = getpass.getpass(prompt, stream=sys.stderr)
+        else:
+            print(prompt, end="", file=sys.stderr, flush=True)
+            answer = _read_stdin(what)
+            if not answer:
+                raise EOFError
+    except EOFError:
+        print(file=sys.stderr)
+        raise _UsageError(f"no {what} given (end of input)") from None
+    answer = _one_line(answer) if what == "password" else answer.strip()
+    if not answer:
+        raise _UsageError(f"no {what} given (an empty line)")
+    return answer
+
+
+def _credentials(args: Any) -> tuple[str, str]:
     login = args.login or os.environ.get("PLEX_LOGIN")
     if not login:
         if not _stdin_is_tty():
             raise _UsageError("no login: use --login or set PLEX_LOGIN")
-        print("Login (email or username): ", end="", file=sys.stderr, flush=True)
-        login = sys.stdin.readline().strip()
+        login = _ask("Login (email or username): ", "login")
     if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
+        password = _one_line(_read_stdin("password"))
     elif args.password_file:
-        password = _read_secret_file(args.password_file, "password")
+        password = _one_line(_read_file(args.password_file, "password"))
     elif os.environ.get("PLEX_PASSWORD"):
         password = os.environ["PLEX_PASSWORD"]
     elif _stdin_is_tty():
-        password = _hidden("Password: ")
+        password = _ask("Password: ", "password", hidden=True)
     else:
         raise _UsageError(
             "no password: set PLEX_PASSWORD, or use --password-file or --password-stdin "
             "(standard input is not a terminal, so there is no prompt)"
         )
-    if not login or not password:
-        raise _UsageError("the login and the password must not be empty")
+    if not password:
+        raise _UsageError("the password is empty")
     return login, password
+
+
+#: How many verification codes a terminal user may type before the sign-in gives up.
+_CODE_TRIES = 3
+
+
+def _password_sign_in(args: Any, config: Config) -> UserPlexAccount:
+    login, password = _credentials(args)
+    args.secrets.append(password)
+    code = args.code
+    typed = 0  # codes typed at the prompt so far
+    while True:
+        args.secrets.append(code or "")
+        try:
+            return post_users_sign_in_data(config, login, password, verification_code=code,
+                                           remember_me=args.remember_me)
+        except TwoFactorRequiredError as exc:
+            if args.code is not None:
+                raise _Exit(f"{exc}: the code given with --code was not accepted", 4) from None
+            if not _stdin_is_tty():
+                raise _Exit(f"{exc}: give it with --code (there is no prompt off a terminal)", 4) from None
+            if typed == _CODE_TRIES:
+                raise _Exit(f"{exc}: {_CODE_TRIES} codes were not accepted; sign in again", 4) from None
+            if typed:
+                _say("that code was not accepted; try again (the app shows a new one every 30 s)")
+            typed += 1
+            code = _ask("Verification code: ", "verification code", hidden=True)
+
+
+def _pin_sign_in(args: Any, config: Config) -> str:
+    try:
+        wait = _check_seconds("--wait", args.wait)
+    except (TypeError, ValueError) as exc:
+        raise _UsageError(str(exc)) from None
+    pin = create_pin(config, strong=args.oauth)
+    until = f" (waiting up to {wait:g} s)"
+    if args.oauth:
+        _say(f"open this address in a browser and sign in{until}:\n{pin_auth_url(config, pin)}")
+    else:
+        _say(f"go to {_LINK_URL} and enter the code {pin.code}{until}")
+    return wait_for_pin(config, pin, timeout=wait)
+
+
+def _hand_over(config: Config, token: str, deliver: Callable[[], None], what: str) -> None:
+    """``deliver`` the token this run made (save, keep or print it); if that
+    fails, revoke it rather than leave a working token that nobody has."""
+    try:
+        deliver()
+    except (OSError, ValueError) as exc:  # ValueError: standard output is closed
+        why = getattr(exc, "strerror", None) or type(exc).__name__
+        try:
+            sign_out(dataclasses.replace(config, token=token))
+        except PlexAuthError:
+            fate = "it could not be revoked either: remove the device in the Plex app's settings"
+        else:
+            fate = "it was revoked, so that no working token is left behind; sign in again"
+        raise _Exit(f"cannot {what} ({why}); {fate}") from None
+
+
+def _check_save_target(path: str | None) -> None:
+    """Checked before a token is made: a new token that cannot be written would be lost."""
+    if path:
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+            raise _UsageError(f"cannot write {path}: {folder} is not a folder this user can write to")
+        if os.path.lexists(path) and (os.path.islink(path) or not os.path.isfile(path)):
+            raise _UsageError(f"cannot write {path}: it is not a regular file (a folder, a link...)")
+
+
+def _save_or_print(args: Any, config: Config, token: str, data: dict[str, Any]) -> None:
+    """sign-in and link: the token to --save-token's file, else to stdout."""
+    if args.save_token:
+        _hand_over(config, token, lambda: _write_private(args.save_token, token),
+                   f"write the new token to {args.save_token}")
+        _say(f"token saved to {args.save_token}")
+        if args.json:
+            _show(args, {**data, "authToken": token} if args.show_token else data, [])
+    else:
+        _hand_over(config, token, lambda: _show(args, {**data, "authToken": token}, [token]), "print the new token")
+
+
+# -----------------------------------------------------------------------------
+# Output
+# -----------------------------------------------------------------------------
 
 
 def _show(args: Any, data: dict[str, Any], lines: list[str]) -> None:
@@ -2588,77 +2797,155 @@ def _account_summary(account: UserPlexAccount) -> tuple[dict[str, Any], list[str
     return data, lines
 
 
-def _check_save_target(path: str | None) -> None:
-    """Checked before a token is made: a new token that cannot be written would be lost."""
-    if path:
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
-            raise _UsageError(f"cannot write {path}: {folder} is not a folder this user can write to")
-        if os.path.lexists(path) and (os.path.islink(path) or not os.path.isfile(path)):
-            raise _UsageError(f"cannot write {path}: it is not a regular file (a folder, a link...)")
+# -----------------------------------------------------------------------------
+# The commands
+# -----------------------------------------------------------------------------
+
+# Config fields the command line sets: (field, option, variable).
+_SETTINGS = (
+    ("server_url", "--server", "PLEX_SERVER_URL"),
+    ("plex_tv_url", "--plex-tv-url", "PLEX_TV_URL"),
+    ("client_identifier", "--client-id", "PLEX_CLIENT_IDENTIFIER"),
+    ("timeout", "--timeout", None),
+    ("total_timeout", "--total-timeout", None),
+    ("retries", "--retries", None),
+)
 
 
-def _hand_over(config: Config, args: Any, token: str, show: Callable[[], None]) -> None:
-    """Save the token this run made (``--save-token``), else ``show`` it; if
-    that fails, revoke it rather than leave a working token that nobody has."""
+def _config(args: Any, *, token: bool = True) -> Config:
+    """The Config of this run, from the options the command takes and then
+    their variables; an error names the option or variable it came from."""
+    values: dict[str, Any] = {}
+    labels: dict[str, str] = {}
+    for field, option, variable in _SETTINGS:
+        dest = option[2:].replace("-", "_")
+        if dest not in args.uses:
+            continue
+        if hasattr(args, dest):
+            values[field], labels[field] = getattr(args, dest), option
+        elif variable and os.environ.get(variable):
+            values[field], labels[field] = os.environ[variable], variable
+    if token:
+        values["token"], where = _cli_token(args)
+        labels["token"] = f"the token from {where}"
+        args.secrets.append(values["token"])
+        args.token_source = where
+    kept_owner = getattr(args, "kept_owner", None)
+    if "client_identifier" not in values and kept_owner:
+        values["client_identifier"] = kept_owner  # the kept token's own
+        labels["client_identifier"] = "the kept login's client identifier"
     try:
-        if args.save_token:
-            _write_private(args.save_token, token)
-        else:
-            show()
-    except (OSError, ValueError) as exc:  # ValueError: standard output is closed
-        why = getattr(exc, "strerror", None) or type(exc).__name__
-        where = f"write the new token to {args.save_token}" if args.save_token else "print the new token"
-        try:
-            sign_out(dataclasses.replace(config, token=token))
-        except PlexAuthError:
-            fate = "it could not be revoked either: remove the device in the Plex app's settings"
-        else:
-            fate = "it was revoked, so that no working token is left behind; sign in again"
-        raise _Failure(f"cannot {where} ({why}); {fate}") from None
-    if args.save_token:
-        print(f"plexauth: token saved to {args.save_token}", file=sys.stderr)
+        config = Config(**{"client_identifier": "plexauth", **values})
+    except (TypeError, ValueError) as exc:
+        text = str(exc)
+        for field, label in labels.items():
+            text = text.replace(f"Config.{field}", label)
+        raise _UsageError(text) from None
+    if "client_identifier" not in values:  # made and kept only once the rest is known to be right
+        config = dataclasses.replace(config, client_identifier=_kept_client_identifier())
+    return config
 
 
-def _cmd_sign_in(args: Any, config: Config) -> int:
-    _check_save_target(args.save_token)
-    login, password = _sign_in_credentials(args)
-    args.secrets += [password, args.code or ""]
+def _cmd_login(args: Any) -> int:
+    password_options = [o for o, given in (("--login", args.login), ("--password-file", args.password_file),
+                                           ("--password-stdin", args.password_stdin), ("--code", args.code),
+                                           ("--remember-me", args.remember_me)) if given]
+    pin_options = [o for o, given in (("--oauth", args.oauth), ("--wait", args.wait != _PIN_WAIT)) if given]
+    if password_options and not args.password:
+        raise _UsageError(f"{password_options[0]} is for a sign-in with a password: add --password")
+    if pin_options and args.password:
+        raise _UsageError(f"{pin_options[0]} is for a sign-in with a code: leave out --password")
+    config = _config(args, token=False)
     try:
-        account = post_users_sign_in_data(
-            config, login, password, verification_code=args.code, remember_me=args.remember_me
-        )
-    except TwoFactorRequiredError:
-        if args.code is not None or not _stdin_is_tty():
-            raise
-        code = _hidden("Verification code: ").strip()
-        args.secrets.append(code)
-        account = post_users_sign_in_data(config, login, password, verification_code=code,
-                                          remember_me=args.remember_me)
-    token = account.auth_token
-    data, _ = _account_summary(account)
-    if not args.save_token or args.show_token:  # the token is the answer, unless it went to a file
-        data["authToken"] = token
-    _hand_over(config, args, token, lambda: _show(args, data, [token]))
-    if args.json and args.save_token:
-        _show(args, data, [])
+        _private_folder(_kept_path(_LOGIN_FILE))  # before signing in: a token that cannot be kept would be lost
+    except OSError as exc:
+        raise _UsageError(f"cannot keep the login in {os.path.dirname(_kept_path(_LOGIN_FILE))} "
+                          f"({exc.strerror}); see plexauth --help") from None
+    how = "password" if args.password else "pin"
+    token = _password_sign_in(args, config).auth_token if args.password else _pin_sign_in(args, config)
+    kept: list[str] = []
+    _hand_over(config, token, lambda: kept.append(_keep_login(config, token, how)),
+               f"keep the new token in {_kept_path(_LOGIN_FILE)}")
+    _say(f"logged in: the token is kept in {kept[0]}; plexauth status shows the account")
     return 0
 
 
-def _cmd_whoami(args: Any, config: Config) -> int:
-    data, lines = _account_summary(get_token_details(config))
+def _cmd_status(args: Any) -> int:
+    config = _config(args)
+    head = {"tokenFrom": args.token_source, "clientIdentifier": config.client_identifier}
+    lines = [f"token from: {args.token_source}", f"client identifier: {config.client_identifier}"]
+    try:
+        data, more = _account_summary(get_token_details(config))
+    except UnauthorizedError as exc:
+        raise _Exit(f"{exc}: the token from {args.token_source} is not accepted; run plexauth login", 3) from None
+    _show(args, {**head, **data}, lines + more)
+    return 0
+
+
+def _cmd_token(args: Any) -> int:
+    token, _ = _cli_token(args)
+    _emit(sys.stdout, token)
+    return 0
+
+
+def _cmd_logout(args: Any) -> int:
+    config = _config(args)
+    try:
+        sign_out(config)
+        said = "the token no longer works"
+    except UnauthorizedError:
+        said = "the token was not accepted already"
+    if args.token_source.startswith("the kept login"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_kept_path(_LOGIN_FILE))
+        said += f"; {_kept_path(_LOGIN_FILE)} is removed"
+    _say(f"logged out: {said}")
+    return 0
+
+
+def _cmd_sign_in(args: Any) -> int:
+    _check_save_target(args.save_token)
+    config = _config(args, token=False)
+    account = _password_sign_in(args, config)
+    _save_or_print(args, config, account.auth_token, _account_summary(account)[0])
+    return 0
+
+
+def _cmd_link(args: Any) -> int:
+    _check_save_target(args.save_token)
+    config = _config(args, token=False)
+    _save_or_print(args, config, _pin_sign_in(args, config), {})
+    return 0
+
+
+def _cmd_whoami(args: Any) -> int:
+    data, lines = _account_summary(get_token_details(_config(args)))
     _show(args, data, lines)
     return 0
 
 
-def _cmd_transient_token(args: Any, config: Config) -> int:
-    token = get_transient_token(config, args.type, args.scope)
+def _cmd_ping(args: Any) -> int:
+    ping(_config(args))
+    return 0
+
+
+def _cmd_sign_out(args: Any) -> int:
+    sign_out(_config(args))
+    _say("signed out: the token no longer works")
+    return 0
+
+
+def _cmd_transient_token(args: Any) -> int:
+    token = get_transient_token(_config(args), args.type, args.scope)
     _show(args, {"token": token}, [token])
     return 0
 
 
-def _cmd_source_info(args: Any, config: Config) -> int:
-    info = get_source_connection_information(config, args.source, refresh=args.refresh)
+def _cmd_source_info(args: Any) -> int:
+    if not args.source.startswith(("server://", "provider://")):
+        raise _UsageError(f"SOURCE must start with server:// or provider:// (as in server://<the server's "
+                          f"machine identifier>), got {args.source!r}")
+    info = get_source_connection_information(_config(args), args.source, refresh=args.refresh)
     connections = [
         {"uri": c.uri, "protocol": c.protocol, "address": c.address, "port": c.port, "local": c.local, "relay": c.relay}
         for c in info.connections
@@ -2675,110 +2962,108 @@ def _cmd_source_info(args: Any, config: Config) -> int:
     return 0
 
 
-def _cmd_link(args: Any, config: Config) -> int:
-    _check_save_target(args.save_token)
-    try:
-        wait = _check_seconds("--timeout", args.wait)
-    except (TypeError, ValueError) as exc:
-        raise _UsageError(str(exc)) from None
-    pin = create_pin(config, strong=args.oauth)
-    until = f" (waiting up to {wait:g} s)"
-    if args.oauth:
-        print(f"plexauth: open this address in a browser and sign in{until}:\n{pin_auth_url(config, pin)}",
-              file=sys.stderr, flush=True)
-    else:
-        print(f"plexauth: go to {_LINK_URL} and enter the code {pin.code}{until}", file=sys.stderr, flush=True)
-    token = wait_for_pin(config, pin, timeout=wait)
-    _hand_over(config, args, token, lambda: _show(args, {"authToken": token}, [token]))
-    return 0
+# -----------------------------------------------------------------------------
+# The parser and main()
+# -----------------------------------------------------------------------------
 
-
-def _cmd_ping(args: Any, config: Config) -> int:
-    ping(config)
-    return 0
-
-
-def _cmd_sign_out(args: Any, config: Config) -> int:
-    sign_out(config)
-    print("plexauth: signed out: the token no longer works", file=sys.stderr)
-    return 0
+_PIN_WAIT = 300.0
 
 
 def _parser() -> Any:
     import argparse  # noqa: PLC0415 (only the command line needs it)
 
-    # Options that may come before or after the subcommand; SUPPRESS keeps a
-    # subcommand's parser from resetting what was given before it.
-    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    group = common.add_argument_group("connection")
-    group.add_argument("--server", metavar="URL", default=argparse.SUPPRESS,
-                       help="Plex Media Server URL (PLEX_SERVER_URL; default http://localhost:32400)")
-    group.add_argument("--plex-tv-url", metavar="URL", default=argparse.SUPPRESS,
-                       help="plex.tv API URL (PLEX_TV_URL; default https://plex.tv/api/v2)")
-    group.add_argument("--token-file", metavar="FILE", default=argparse.SUPPRESS,
-                       help="read the token from FILE (PLEX_TOKEN_FILE; else PLEX_TOKEN)")
-    group.add_argument("--client-id", metavar="ID", default=argparse.SUPPRESS,
-                       help="X-Plex-Client-Identifier (PLEX_CLIENT_IDENTIFIER; else one kept for this user)")
-    group.add_argument("--total-timeout", metavar="SECONDS", type=float, default=argparse.SUPPRESS,
-                       help="most seconds a request may take in all, retries included (default 60)")
-    group.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
-    group.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                       help="DEBUG logs (secrets stay hidden) and tracebacks on stderr")
-    # Apart: for link, --timeout is how long to wait for the user.
-    timeout = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    timeout.add_argument_group("connection").add_argument(
-        "--timeout", metavar="SECONDS", type=float, default=argparse.SUPPRESS,
-        help="connect and read timeout (default 10)")
+    def group(title: str, *options: tuple[tuple[str, ...], dict[str, Any]]) -> Any:
+        # Options that may come before or after the subcommand; SUPPRESS keeps a
+        # subcommand's parser from resetting what was given before it.
+        parent = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        added = parent.add_argument_group(title)
+        for flags, kwargs in options:
+            added.add_argument(*flags, default=argparse.SUPPRESS, **kwargs)
+        return parent
+
+    seconds: dict[str, Any] = {"metavar": "SECONDS", "type": float}
+    plex_tv = group("plex.tv", (("--plex-tv-url",), {"metavar": "URL", "help": "plex.tv's API (PLEX_TV_URL; "
+                                                     "default https://plex.tv/api/v2)"}))
+    server = group("server", (("--server",), {"metavar": "URL", "help": "the Plex Media Server (PLEX_SERVER_URL; "
+                                              "default http://localhost:32400)"}))
+    token = group("token", (("--token-file",), {"metavar": "FILE", "help": "read the token from FILE, - for standard "
+                                                "input (PLEX_TOKEN_FILE; else PLEX_TOKEN; else the kept login)"}))
+    connection = group(
+        "connection",
+        (("--client-id",), {"metavar": "ID", "help": "X-Plex-Client-Identifier (PLEX_CLIENT_IDENTIFIER; "
+                            "else the kept login's, else one kept for this user)"}),
+        (("--timeout",), {**seconds, "help": "seconds to connect, and for each read (default 10)"}),
+        (("--total-timeout",), {**seconds, "help": "seconds each request may take in all, retries included "
+                                "(default 60)"}),
+        (("--retries",), {"metavar": "N", "type": int, "help": "extra tries of a failed GET, 0 to 10 (default 2)"}),
+    )
+    as_json = group("output", (("--json",), {"action": "store_true", "help": "print JSON"}))
+    verbose = group("output", (("-v", "--verbose"), {"action": "store_true",
+                                                      "help": "DEBUG logs and tracebacks on stderr (secrets hidden)"}))
+    everything = [plex_tv, server, token, connection, as_json, verbose]
 
     parser = argparse.ArgumentParser(
-        prog="plexauth",
-        description="Sign in to plex.tv and manage Plex tokens from scripts and cron jobs.",
-        epilog=_EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common, timeout],
-        allow_abbrev=False,
-    )
+        prog="plexauth", description="Sign in to plex.tv once, then use the token from scripts and cron jobs.",
+        epilog=_EXIT_CODES + "\n" + _ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=everything, allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"plexauth {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, run: Callable[[Any, Config], int], text: str, *, needs_token: bool = True,
-                own_timeout: bool = False) -> Any:
-        sub = commands.add_parser(name, parents=[common] if own_timeout else [common, timeout],
-                                  help=text, description=text, epilog=_EXIT_CODES,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-        sub.set_defaults(run=run, needs_token=needs_token)
+    def command(name: str, run: Callable[[Any], int], text: str, *parents: Any) -> Any:
+        sub = commands.add_parser(name, parents=[*parents, verbose], help=text, description=text,
+                                  epilog=_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                  allow_abbrev=False)
+        sub.set_defaults(run=run, uses={action.dest for parent in (*parents, verbose) for action in parent._actions})
         return sub
 
-    sign_in = command("sign-in", _cmd_sign_in, "sign in to plex.tv and print the new token", needs_token=False)
-    sign_in.add_argument("--login", help="email or username (PLEX_LOGIN)")
-    source = sign_in.add_mutually_exclusive_group()
-    source.add_argument("--password-file", metavar="FILE", help="read the password from FILE (else PLEX_PASSWORD)")
-    source.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    sign_in.add_argument("--code", help="the verification code, if the account uses two-factor authentication")
-    sign_in.add_argument("--remember-me", action="store_true", help="ask for a long-lived token")
-    sign_in.add_argument("--save-token", metavar="FILE", help="write the token to FILE (mode 0600) instead")
-    sign_in.add_argument("--show-token", action="store_true", help="with --save-token and --json, print the token too")
+    def password_options(sub: Any) -> None:
+        sub.add_argument("--login", help="email or username (PLEX_LOGIN)")
+        source = sub.add_mutually_exclusive_group()
+        source.add_argument("--password-file", metavar="FILE",
+                            help="read the password from FILE's first line (else PLEX_PASSWORD, else a prompt)")
+        source.add_argument("--password-stdin", action="store_true",
+                            help="read the password from the first line of standard input")
+        sub.add_argument("--code", help="the verification code, for an account with two-factor authentication")
+        sub.add_argument("--remember-me", action="store_true", help="ask for a long-lived token")
 
-    command("whoami", _cmd_whoami, "print the account behind the token (never the token)")
+    def pin_options(sub: Any) -> None:
+        sub.add_argument("--oauth", action="store_true", help="print a plex.tv sign-in address instead of a code")
+        sub.add_argument("--wait", metavar="SECONDS", type=float, default=_PIN_WAIT,
+                         help=f"how long to wait for the code to be entered (default {_PIN_WAIT:g})")
 
-    transient = command("transient-token", _cmd_transient_token, "print a transient token from the server")
+    sign_in = [plex_tv, connection, as_json]
+    login = command("login", _cmd_login, f"sign in (a code to enter at {_LINK_URL}; with --password, login and "
+                    "password) and keep the token for the commands that follow", *sign_in)
+    login.add_argument("--password", action="store_true", help="sign in with login and password instead of a code")
+    password_options(login)
+    pin_options(login)
+    with_token = [plex_tv, token, connection]
+    command("status", _cmd_status, "say which token is used, its account, client identifier and expiry; "
+            "exit 3 if it is dead", *with_token, as_json)
+    command("token", _cmd_token, "print the token in use, e.g. PLEX_TOKEN=$(plexauth token)", token)
+    command("logout", _cmd_logout, "revoke the token on plex.tv, and forget it if it is the kept one", *with_token)
+
+    sign_in_command = command("sign-in", _cmd_sign_in, "sign in with login and password; print the new token",
+                              *sign_in)
+    password_options(sign_in_command)
+    link = command("link", _cmd_link, f"sign in with a code to enter at {_LINK_URL}; print the new token", *sign_in)
+    pin_options(link)
+    for sub in (sign_in_command, link):
+        sub.add_argument("--save-token", metavar="FILE", help="write the token to FILE (mode 0600) instead")
+        sub.add_argument("--show-token", action="store_true", help="with --save-token and --json, print it too")
+
+    command("whoami", _cmd_whoami, "print the account behind the token (never the token)", *with_token, as_json)
+    command("ping", _cmd_ping, "keep the token alive; exit 3 if it is dead (prints nothing)", *with_token)
+    command("sign-out", _cmd_sign_out, "revoke the token on plex.tv", *with_token)
+    on_server = [server, token, connection, as_json]
+    transient = command("transient-token", _cmd_transient_token, "print a transient token from the server",
+                        *on_server)
     transient.add_argument("--type", default="delegation", choices=[m.value for m in GetTransientTokenQueryParamType])
     transient.add_argument("--scope", default="all", choices=[m.value for m in Scope])
-
-    info = command("source-info", _cmd_source_info, "print a source's name, identifier and connections")
-    info.add_argument("source", metavar="SOURCE", help="e.g. server://<client identifier>")
+    info = command("source-info", _cmd_source_info, "print a source's name, identifier and connections", *on_server)
+    info.add_argument("source", metavar="SOURCE", help="server://<machine identifier> or provider://<identifier>")
     info.add_argument("--refresh", action="store_true", help="ask the server to refresh the source")
     info.add_argument("--show-token", action="store_true", help="also print the source's access token")
-
-    link = command("link", _cmd_link, f"sign in without a password: enter a code at {_LINK_URL}, print the token",
-                   needs_token=False, own_timeout=True)
-    link.add_argument("--oauth", action="store_true", help="print a plex.tv sign-in address instead of a code")
-    link.add_argument("--timeout", dest="wait", metavar="SECONDS", type=float, default=300.0,
-                      help="how long to wait for the code to be entered (default 300)")
-    link.add_argument("--save-token", metavar="FILE", help="write the token to FILE (mode 0600) instead")
-
-    command("ping", _cmd_ping, "keep the token alive; exit 3 if it is dead (prints nothing)")
-    command("sign-out", _cmd_sign_out, "revoke the token on plex.tv")
     return parser
 
 
@@ -2787,21 +3072,28 @@ def main(argv: list[str] | None = None) -> int:
 
     Example::
 
-        $ PLEX_TOKEN_FILE=/run/secrets/plex python -m plexauth whoami --json
+        $ plexauth login
+        $ plexauth whoami --json
     """
     argv = sys.argv[1:] if argv is None else argv
-    for arg in argv:
-        option = arg.split("=", 1)[0]
-        if option in ("--token", "--password"):
+    for position, arg in enumerate(argv):
+        option, given = arg.split("=", 1)[0], "=" in arg
+        value_follows = position + 1 < len(argv) and not argv[position + 1].startswith("-")
+        if option == "--token" or (option == "--password" and (given or value_follows)):
             # Refused before argparse, whose message would repeat the value.
-            print(f"plexauth: error: there is no {option} option: secrets on the command line show in ps; "
-                  f"see --token-file, --password-file and --password-stdin", file=sys.stderr)
+            _say(f"error: {option} takes no value: a secret on the command line shows in ps; see "
+                 f"--token-file, --password-file, --password-stdin and plexauth --help")
             return 2
     parser = _parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
+    shared = {action.dest: action.option_strings[-1] for action in parser._actions if action.option_strings}
+    unused = sorted(shared[dest] for dest in vars(args) if dest in shared and dest not in args.uses)
+    if unused:
+        _say(f"error: plexauth {args.command} does not use {', '.join(unused)}")
+        return 2
     verbose = getattr(args, "verbose", False)
     args.json = getattr(args, "json", False)
     args.secrets = []  # what this run must never print: its token, password and code
@@ -2814,7 +3106,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
     try:
-        return _run(args)
+        result: int = args.run(args)
+        return result
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
@@ -2834,46 +3127,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _explained(exc: Exception, verbose: bool) -> tuple[int, str]:
     """The exit code and the one line that tell what went wrong."""
-    if isinstance(exc, _UsageError):
-        return 2, str(exc)
+    if isinstance(exc, _Exit):
+        return exc.code, str(exc)
     if isinstance(exc, PlexAuthError):
         return _exit_code(exc), str(exc)
-    if isinstance(exc, _Failure):
-        return 1, str(exc)
     # A bug, or something not foreseen: its text may hold anything, so only its kind.
     hint = "" if verbose else "; run again with -v to see where"
     return 1, f"unexpected {type(exc).__name__}{hint}"
-
-
-def _run(args: Any) -> int:
-    """Build the Config, options first, then Config.from_env's variables, and run the subcommand."""
-    overrides: dict[str, Any] = {
-        field: getattr(args, option)
-        for option, field in (
-            ("server", "server_url"),
-            ("plex_tv_url", "plex_tv_url"),
-            ("client_id", "client_identifier"),
-            ("timeout", "timeout"),
-            ("total_timeout", "total_timeout"),
-        )
-        if hasattr(args, option)  # given on the command line
-    }
-    token_file = getattr(args, "token_file", None) or os.environ.get("PLEX_TOKEN_FILE")
-    if not args.needs_token:
-        overrides["token"] = None  # sign-in and link send none
-    elif token_file:
-        overrides["token"] = _read_secret_file(token_file, "token")
-    if "client_identifier" not in overrides and not os.environ.get("PLEX_CLIENT_IDENTIFIER"):
-        overrides["client_identifier"] = _kept_client_identifier()
-    try:
-        config = Config.from_env(**overrides)
-    except (TypeError, ValueError) as exc:
-        raise _UsageError(str(exc)) from None
-    if config.token is None and args.needs_token:
-        raise _UsageError("no token: set PLEX_TOKEN or PLEX_TOKEN_FILE, or use --token-file (never an argument)")
-    args.secrets.append(config.token or "")
-    result: int = args.run(args, config)
-    return result
 
 
 if __name__ == "__main__":

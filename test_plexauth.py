@@ -652,12 +652,13 @@ def check_account(account: plexauth.UserPlexAccount) -> None:
 
 
 class FakePlexTV:
-    """Plays plex.tv's PIN, ping and sign-out endpoints on the test server.
+    """Plays plex.tv's PIN, account, ping and sign-out endpoints on the test server.
 
     A PIN answers pending (no token) to its first ``pending`` checks, then
     with PIN_TOKEN (``pending=None``: never approved); plex.tv forgets it
     (404) after ``lifetime`` seconds, when ``gone``, or when another client
-    identifier asks.  Every check is counted here, on the server side.
+    identifier asks.  Every check is counted here, on the server side, and
+    ``used`` lists (token, client identifier) of each request that sent a token.
     """
 
     def __init__(self, server: HTTPServer, *, pending: int | None = 2, lifetime: float = 1800.0,
@@ -666,7 +667,8 @@ class FakePlexTV:
         self.pins: dict[int, tuple[str, bool, datetime.datetime]] = {}
         self.checks = 0
         self.tokens = {TOKEN}
-        server.expect_request(re.compile(r"/api/v2/(pins.*|ping|users/signout)")).respond_with_handler(self.handle)
+        self.used: list[tuple[str, str]] = []
+        server.expect_request(re.compile(r"/api/v2/(pins.*|ping|users/signout|user)$")).respond_with_handler(self.handle)
 
     def handle(self, request: Any) -> Any:
         from werkzeug import Response
@@ -686,13 +688,18 @@ class FakePlexTV:
                 body = {"errors": [{"code": 1020, "message": "Code not found or expired", "status": 404}]}
                 return Response(json.dumps(body), status=404, content_type="application/json")
             approved = self.pending is not None and self.checks > self.pending
+            if approved:
+                self.tokens.add(PIN_TOKEN)
             return self.pin(pin_id, PIN_TOKEN if approved else None, 200)
         token = request.headers.get("X-Plex-Token")
+        self.used.append((token, client))
         if token not in self.tokens:
             body = {"errors": [{"code": 1001, "message": "User could not be authenticated", "status": 401}]}
             return Response(json.dumps(body), status=401, content_type="application/json")
         if request.path == "/api/v2/ping" and request.method == "GET":
             return Response("<?xml version='1.0'?><pong>true</pong>", status=200, content_type="text/xml")
+        if request.path == "/api/v2/user" and request.method == "GET":
+            return Response(json.dumps(ACCOUNT), status=200, content_type="application/json")
         assert (request.path, request.method) == ("/api/v2/users/signout", "DELETE")
         self.tokens.discard(token)
         return Response(status=204)
@@ -1350,8 +1357,8 @@ def file_writes_fail() -> Any:
         signal.signal(signal.SIGXFSZ, handler)
 
 
-def kept_file(folder: Any, how: str) -> None:
-    kept = folder / "plexauth" / "client-id"
+def kept_file(folder: Any, how: str, name: str = "client-id") -> None:
+    kept = folder / "plexauth" / name
     kept.parent.mkdir(parents=True, mode=0o700)
     if how == "symlink-to-dev-zero":
         kept.symlink_to("/dev/zero")
@@ -2477,14 +2484,16 @@ def test_redirects__unparsable_location(fault_server: Any) -> None:
 @pytest.mark.parametrize("op", OPS, ids=repr)
 @pytest.mark.parametrize(
     ("handler", "reason"),
-    [(reset, "connection"), (garbage, "connection"), (silent, "timed out"), (short_body, "")],
+    [(reset, "the connection to {} broke ("), (garbage, "the connection to {} broke ("),
+     (silent, "{} sent nothing for 0.5 s (timed out)"), (short_body, "the connection to {} broke (")],
     ids=["reset", "garbage", "stall", "short-body"],
 )
 def test_transport__faults_become_transport_error(fault_server: Any, op: Op, handler: Any, reason: str) -> None:
     server = fault_server(handler)
     with raises(TransportError) as info:  # a cut body too, on urllib3 1.26 as on 2.x
         op.call(fault_config(server.port))
-    assert reason in info.value.reason
+    # What happened, and where: scheme, host and port, never the path.
+    assert info.value.reason.startswith(reason.format(f"http://127.0.0.1:{server.port}"))
     # urllib3's and the socket's exceptions may quote the server: none rides along.
     assert (info.value.__cause__, info.value.__context__) == (None, None)
     assert str(info.value).startswith(f"{op.method} {op.path} ")
@@ -2497,8 +2506,25 @@ def test_transport__connection_refused(op: Op) -> None:
         port = probe.getsockname()[1]
     with raises(TransportError) as info:
         op.call(fault_config(port))
-    assert info.value.reason.startswith("could not connect (")
+    assert info.value.reason == f"http://127.0.0.1:{port} refused the connection"
     assert str(info.value) == f"{op.method} {op.path} could not complete: {info.value.reason}"
+
+
+def test_transport__unknown_host_name_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The resolver's answer for a name that does not exist, without asking a
+    # name server (tests never leave this machine).
+    real = socket.getaddrinfo
+
+    def resolve(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "plex.invalid":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    config = Config(CLIENT_ID, token=TOKEN, plex_tv_url="https://plex.invalid:8443/api/v2", retries=0)
+    with raises(TransportError) as info:
+        plexauth.get_token_details(config)
+    assert info.value.reason.startswith("the host name of https://plex.invalid:8443 was not found (")
 
 
 @pytest.mark.parametrize("status", [200, 500])
@@ -2531,7 +2557,7 @@ def test_transport__reset_mid_body(fault_server: Any, op: Op) -> None:
     server = fault_server(reset_mid_body)
     with raises(TransportError) as info:
         op.call(fault_config(server.port))
-    assert info.value.reason.startswith("connection broken (")
+    assert info.value.reason.startswith(f"the connection to http://127.0.0.1:{server.port} broke (")
     server.close()
     assert server.connections == 1
 
@@ -2543,10 +2569,10 @@ def test_transport__stall_ends_after_each_try_times_out(fault_server: Any) -> No
     config = dataclasses.replace(fault_config(server.port, retries=2), timeout=0.25)
     with raises(TransportError) as info:
         plexauth.get_token_details(config)
-    assert info.value.reason.startswith("timed out (")
+    assert info.value.reason == f"http://127.0.0.1:{server.port} sent nothing for 0.25 s (timed out)"
     with raises(TransportError) as info:
         plexauth.post_users_sign_in_data(config, "me", PASSWORD)
-    assert info.value.reason.startswith("timed out (")
+    assert info.value.reason == f"http://127.0.0.1:{server.port} sent nothing for 0.25 s (timed out)"
     server.close()
     assert server.connections == 3 + 1
 
@@ -2582,7 +2608,7 @@ def test_transport__https_to_plain_http_is_tls_failure(httpserver: HTTPServer) -
     config = Config(CLIENT_ID, token=TOKEN, server_url=url, retries=0)
     with raises(TransportError) as info:
         plexauth.get_transient_token(config)
-    assert info.value.reason.startswith("TLS failed")
+    assert info.value.reason.startswith(f"TLS with https://127.0.0.1:{httpserver.port} failed (")
 
 
 def test_transport__module_pool_per_tls_setting(httpserver: HTTPServer, config: Config, tls_server: Any,
@@ -2595,13 +2621,21 @@ def test_transport__module_pool_per_tls_setting(httpserver: HTTPServer, config: 
     empty = tmp_path / "ca.pem"
     empty.write_text("")  # a file, but no CA bundle: found when a TLS connection needs it
     https = dataclasses.replace(config, verify=str(empty), retries=0, server_url=server.url_for(""))
-    with raises(TransportError, match=r"TLS failed \(.*no certificate"):
+    with raises(TransportError, match=r"TLS with https://127.0.0.1:\d+ failed \(.*no certificate"):
         plexauth.get_transient_token(https)
 
 
 def test_transport__describes_unknown_failures() -> None:
     # No fault server produces a bare urllib3 HTTPError; the core still names it.
-    assert plexauth._describe(urllib3.exceptions.HTTPError("x")) == "connection failed (HTTPError)"
+    failure = plexauth._describe(urllib3.exceptions.HTTPError("x"), "https://h/p?q=1", 1.0)
+    assert failure == "the connection to https://h:443 failed (HTTPError)"
+    # Nor a connect timeout (a loopback connect never takes long), nor a connect failure other than refused.
+    unreachable = urllib3.exceptions.NewConnectionError(None, "x")
+    unreachable.__cause__ = OSError(101, "Network is unreachable")  # ENETUNREACH
+    assert plexauth._describe(unreachable, "http://[::1]:8/", 1.0) == \
+        "could not connect to http://[::1]:8 (Network is unreachable)"
+    slow = urllib3.exceptions.ConnectTimeoutError(None, "x")
+    assert plexauth._describe(slow, "https://h", 2.5) == "connecting to https://h:443 timed out after 2.5 s"
 
 
 # ===========================================================================
@@ -2613,8 +2647,7 @@ def test_tls__verified_by_default(tls_server: Any) -> None:
     server, _bundle = tls_server
     with raises(TransportError) as info:
         plexauth.get_transient_token(tls_config(server))
-    assert info.value.reason.startswith("TLS failed (")
-    assert "certificate verify failed" in info.value.reason
+    assert info.value.reason.startswith(f"the TLS certificate of https://127.0.0.1:{server.port} is not trusted (")
 
 
 def test_tls__custom_ca_bundle(tls_server: Any) -> None:
@@ -2991,7 +3024,7 @@ def test_hostile__endless_interim_answers_and_switching_protocols(fault_server: 
         server = fault_server(keep_alive(script))
         with raises(TransportError) as info:
             plexauth.get_token_details(hostile_config(server.port))
-        assert info.value.reason == reason
+        assert info.value.reason == f"{reason} (from http://127.0.0.1:{server.port})"
 
 
 def test_hostile__a_connection_goes_back_to_the_pool_only_when_read_to_the_end(fault_server: Any) -> None:
@@ -3091,7 +3124,7 @@ def test_hostile__chunk_sizes_are_hex_digits_only(fault_server: Any, size: bytes
     if whole:
         assert plexauth.get_transient_token(hostile_config(server.port)) == "t"
     else:
-        with raises(TransportError, match="connection broken"):
+        with raises(TransportError, match="the connection to .* broke"):
             plexauth.get_transient_token(hostile_config(server.port))
 
 
@@ -3408,7 +3441,7 @@ def test_hostile__a_certificate_made_of_the_token_is_not_logged(tmp_path_factory
     server.start()
     try:
         config = Config(CLIENT_ID, token=TOKEN, plex_tv_url=server.url_for("/api/v2"), verify=str(bundle), retries=0)
-        with raises(TransportError, match="TLS failed"):
+        with raises(TransportError, match="TLS certificate of https://127.0.0.1:.* is not trusted"):
             plexauth.get_token_details(config)
     finally:
         server.stop()
@@ -3574,7 +3607,8 @@ def test_deadline__every_call_ends_within_total_timeout(fault_server: Any, op: O
     with raises(TransportError) as info:
         op.call(config)
     assert time.monotonic() - started < 0.6 + 1.5  # a generous margin over the promise
-    assert info.value.reason == "no complete answer within the 0.6 s limit for the whole call (Config.total_timeout)"
+    assert info.value.reason == (f"no complete answer from http://127.0.0.1:{server.port} within the 0.6 s limit "
+                                 "for the whole call")
 
 
 def test_deadline__stalling_redirect_chain_and_retries(fault_server: Any) -> None:
@@ -3675,13 +3709,14 @@ def test_deadline__a_fast_endless_answer_ends_by_the_time_bound_too(fault_server
     with raises(TransportError) as info:
         plexauth.get_token_details(hostile_config(server.port, total_timeout=0.3))
     assert time.monotonic() - started < 0.3 + 1.5
-    assert info.value.reason == "no complete answer within the 0.3 s limit for the whole call (Config.total_timeout)"
+    assert info.value.reason == (f"no complete answer from http://127.0.0.1:{server.port} within the 0.3 s limit "
+                                 "for the whole call")
 
 
 def test_deadline__pin_wait_passes_on_other_transport_errors() -> None:
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]
-    with raises(TransportError, match="could not connect"):
+    with raises(TransportError, match="refused the connection"):
         plexauth.wait_for_pin(hostile_config(port), Pin(id=7, code="ABCD"), timeout=30)
 
 
@@ -3819,8 +3854,9 @@ def test_cli__kept_files_that_are_not_private_are_refused(
     code, out, err = cli("whoami")
     folder = tmp_path / "config" / "plexauth"
     message = wrong.format(kept=folder / "client-id", folder=folder)
+    remedy = "chmod 700 it" if how.startswith("folder") else "set PLEX_CLIENT_IDENTIFIER"
     assert (code, out) == (2, "")
-    assert err == f"plexauth: error: refusing the kept {message}; remove it, or set PLEX_CLIENT_IDENTIFIER\n"
+    assert err == f"plexauth: error: refusing the kept {message}; remove it, or {remedy}\n"
     assert len(httpserver.log) == 0
 
 
@@ -3832,7 +3868,9 @@ def test_cli__kept_file_that_is_not_text_gives_a_warning(
     (tmp_path / "config" / "plexauth" / "client-id").write_bytes(b"\xff\xfe")
     code, _, err = cli("whoami")
     assert code == 0
-    assert err.startswith("plexauth: warning: cannot read ")
+    kept = tmp_path / "config" / "plexauth" / "client-id"
+    assert err == f"plexauth: warning: cannot keep the client identifier in {kept} (not UTF-8 text); " \
+        "set PLEX_CLIENT_IDENTIFIER\n"
 
 
 @pytest.mark.parametrize("verbose", [[], ["-v"]], ids=["quiet", "verbose"])
@@ -3977,9 +4015,12 @@ def test_cli__sign_in_two_factor_exits_4(
         args += ["--code", CODE]
     code, out, err = cli(*args)
     assert (code, out) == (4, "")
+    # Off a terminal, the error names the option; a wrong code given with it is not asked for again.
+    hint = ("the code given with --code was not accepted" if tty
+            else "give it with --code (there is no prompt off a terminal)")
     assert err == (
         "plexauth: error: POST /api/v2/users/signin failed with 401 Unauthorized: "
-        "Please enter the verification code (code 1029)\n"
+        f"Please enter the verification code (code 1029): {hint}\n"
     )
     assert len(httpserver.log) == 1
 
@@ -4079,20 +4120,20 @@ def test_cli__source_info(cli: Any, httpserver: HTTPServer, token_env: None) -> 
     code, out, _ = cli("source-info", "server://0123456789abcdef", "--show-token", "--refresh", shown=(ACCESS_TOKEN,))
     assert out.endswith(f"access token: {ACCESS_TOKEN}\n")
     assert requests_seen(httpserver)[-1].args["refresh"] == "1"
-    data = json.loads(cli("source-info", "x", "--json")[1])
+    data = json.loads(cli("source-info", "server://x", "--json")[1])
     assert "accessToken" not in data
     assert data["connections"][1] == {"uri": "https://198-51-100-7.abc.plex.direct:8443", "protocol": "https",
                                       "address": "198.51.100.7", "port": 8443, "local": False, "relay": True}
     httpserver.clear()
     httpserver.expect_request("/security/resources").respond_with_json({"MediaContainer": {"Device": {"x": 1}}})
-    assert cli("source-info", "x", "--show-token")[1] == (
+    assert cli("source-info", "provider://x", "--show-token")[1] == (
         "name: -\nclient identifier: -\naccess token: -\n"
     )
     httpserver.clear()
     httpserver.expect_request("/security/resources").respond_with_json(
         {"MediaContainer": {"Device": {"Connection": [{"local": False}]}}}
     )
-    assert "connection: - (remote)\n" in cli("source-info", "x")[1]
+    assert "connection: - (remote)\n" in cli("source-info", "server://x")[1]
 
 
 @pytest.mark.parametrize(
@@ -4123,29 +4164,32 @@ def test_cli__network_error_exits_6(cli: Any, token_env: None) -> None:
         port = probe.getsockname()[1]
     code, _, err = cli("--server", f"http://127.0.0.1:{port}", "transient-token")
     assert code == 6
-    assert err.startswith("plexauth: error: GET /security/token could not complete: could not connect (")
+    assert err == (f"plexauth: error: GET /security/token could not complete: http://127.0.0.1:{port} refused "
+                   "the connection\n")
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["whoami", "--token", TOKEN], "there is no --token option: secrets on the command line show in ps"),
-        (["sign-in", f"--password={PASSWORD}"], "there is no --password option"),
+        (["whoami", "--token", TOKEN], "--token takes no value: a secret on the command line shows in ps"),
+        (["sign-in", f"--password={PASSWORD}"], "--password takes no value"),
+        (["login", "--password", PASSWORD], "--password takes no value"),
         (["whoami", "--token-f", "x"], "unrecognized arguments: --token-f"),
-        (["whoami"], "no token: set PLEX_TOKEN or PLEX_TOKEN_FILE, or use --token-file (never an argument)"),
+        (["whoami"], "no token: run plexauth login, or set PLEX_TOKEN_FILE or PLEX_TOKEN, or use --token-file"),
         (["whoami", "--token-file", "/no/such/file"], "cannot read the token file '/no/such/file': No such file"),
-        (["--server", "ftp://x", "transient-token"], "Config.server_url must be an http:// or https:// URL"),
-        (["whoami", "--timeout", "0"], "Config.timeout must be a positive number of seconds, got 0.0"),
-        (["link", "--timeout", "0"], "--timeout must be a positive number of seconds, got 0.0"),
+        (["--server", "ftp://x", "transient-token"], "--server must be an http:// or https:// URL"),
+        (["whoami", "--timeout", "0"], "--timeout must be a positive number of seconds, got 0.0"),
+        (["link", "--wait", "0"], "--wait must be a positive number of seconds, got 0.0"),
         (["link", "--save-token", "/no/such/folder/token"], "cannot write /no/such/folder/token: /no/such/folder "
                                                             "is not a folder this user can write to"),
-        (["ping"], "no token: set PLEX_TOKEN"),
+        (["ping"], "no token: run plexauth login"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         ([], "the following arguments are required: COMMAND"),
     ],
     ids=[
-        "token-argument", "password-argument", "no-abbreviations", "no-token", "token-file-missing", "bad-url",
-        "bad-timeout", "link-bad-timeout", "link-unwritable-token-file", "ping-no-token", "bad-command", "nothing",
+        "token-argument", "password-argument", "password-value", "no-abbreviations", "no-token", "token-file-missing",
+        "bad-url",
+        "bad-timeout", "link-bad-wait", "link-unwritable-token-file", "ping-no-token", "bad-command", "nothing",
     ],
 )
 def test_cli__usage_errors_exit_2(
@@ -4162,19 +4206,17 @@ def test_cli__usage_errors_exit_2(
 def test_cli__empty_token_file_and_password(cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     (tmp_path / "empty").write_text("\n")
     assert cli("whoami", "--token-file", str(tmp_path / "empty"))[2] == (
-        f"plexauth: error: the token file {str(tmp_path / 'empty')!r} is empty\n"
+        f"plexauth: error: the token from --token-file {tmp_path / 'empty'} is empty\n"
     )
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))
-    assert cli("sign-in", "--login", "me", "--password-stdin")[2] == (
-        "plexauth: error: the login and the password must not be empty\n"
-    )
+    assert cli("sign-in", "--login", "me", "--password-stdin")[2] == "plexauth: error: the password is empty\n"
 
 
 def test_cli__help_and_version(cli: Any) -> None:
     code, out, _ = cli("--help")
     assert code == 0
-    for line in ("3  unauthorized", "4  plex.tv asks for a verification code", "5  rate limited", "6  network",
-                 "7  the server's answer could not be used", "never from\nthe command line"):
+    for line in ("3  unauthorized", "4  plex.tv asks for a verification code", "5  try again later", "6  network",
+                 "7  the server's answer could not be used", "never an argument"):
         assert line in out
     assert cli("--version") == (0, f"plexauth {plexauth.__version__}\n", "")
 
@@ -4297,7 +4339,7 @@ def test_cli__link_oauth_save_token_and_json(
     FakePlexTV(httpserver, pending=0)
     monkeypatch.setenv("PLEX_CLIENT_IDENTIFIER", CLIENT_ID)
     target = tmp_path / "token"
-    code, out, err = cli("link", "--oauth", "--timeout", "60", "--save-token", str(target))
+    code, out, err = cli("link", "--oauth", "--wait", "60", "--save-token", str(target))
     assert (code, out) == (0, "")
     assert err == (
         "plexauth: open this address in a browser and sign in (waiting up to 60 s):\n"
@@ -4317,7 +4359,7 @@ def test_cli__link_oauth_save_token_and_json(
     [
         ({"gone": True}, [], "GET /api/v2/pins/1000 failed with 404 Not Found: Code not found or expired "
                              "(code 1020): PIN 1000 has expired, or plex.tv does not know it"),
-        ({"pending": None}, ["--timeout", "1"], "PIN 1000 was not approved within 1 s"),
+        ({"pending": None}, ["--wait", "1"], "PIN 1000 was not approved within 1 s"),
     ],
     ids=["expired", "timeout"],
 )
@@ -4393,6 +4435,371 @@ def test_cli__sign_in_on_a_real_terminal(httpserver: HTTPServer, tmp_path: Any) 
 
 
 # ===========================================================================
+# Tests: command line, sign in once (login, status, token, logout)
+# ===========================================================================
+
+
+def run_plexauth(argv: list[str], env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """``python -m plexauth`` as a script runs it, in a process of its own."""
+    full = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.path.dirname(plexauth.__file__), **env}
+    result = subprocess.run([sys.executable, "-m", "plexauth", *argv], input=stdin, env=full, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert_no_secret(result.stderr)
+    return result
+
+
+def test_login__pin_then_every_command_without_a_token_variable(httpserver: HTTPServer, tmp_path: Any) -> None:
+    plex_tv = FakePlexTV(httpserver, pending=0)
+    env = {"HOME": str(tmp_path), "PLEX_TV_URL": httpserver.url_for("/api/v2")}  # a fresh HOME, no token
+    login = run_plexauth(["login"], env)
+    assert (login.returncode, login.stdout) == (0, "")
+    kept = tmp_path / ".config" / "plexauth" / "login.json"
+    assert login.stderr.startswith("plexauth: go to https://plex.tv/link and enter the code A1B2")
+    assert login.stderr.endswith(f"plexauth: logged in: the token is kept in {kept}; "
+                                 "plexauth status shows the account\n")
+    assert kept.stat().st_mode & 0o777 == 0o600
+    assert kept.parent.stat().st_mode & 0o777 == 0o700
+    client_id = json.loads(kept.read_text())["client_identifier"]
+    assert json.loads(kept.read_text()) == {"token": PIN_TOKEN, "client_identifier": client_id, "how": "pin"}
+    assert sorted(p.name for p in kept.parent.iterdir()) == ["client-id", "login.json"]  # no temporary file left
+    whoami = run_plexauth(["whoami"], env)
+    assert (whoami.returncode, whoami.stdout.splitlines()[0]) == (0, "username: Username")
+    status = run_plexauth(["status"], env)
+    assert status.returncode == 0
+    assert status.stdout.startswith(f"token from: the kept login ({kept})\nclient identifier: {client_id}\n"
+                                    "username: Username\n")
+    assert run_plexauth(["ping"], env).returncode == 0
+    assert (run_plexauth(["token"], env).stdout, whoami.stdout + status.stdout).count(PIN_TOKEN) == 0
+    assert run_plexauth(["token"], env).stdout == PIN_TOKEN + "\n"  # only `token` prints it
+    # Every request sent the kept token with the client identifier it was made for.
+    assert set(plex_tv.used) == {(PIN_TOKEN, client_id)}
+    logout = run_plexauth(["logout"], env)
+    assert (logout.returncode, logout.stdout) == (0, "")
+    assert logout.stderr == f"plexauth: logged out: the token no longer works; {kept} is removed\n"
+    assert PIN_TOKEN not in plex_tv.tokens
+    assert not kept.exists()
+    after = run_plexauth(["status"], env)
+    assert (after.returncode, after.stdout) == (2, "")
+    assert after.stderr.startswith("plexauth: error: no token: run plexauth login")
+
+
+def test_login__token_lookup_order(cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch,
+                                   tmp_path: Any) -> None:
+    plex_tv = FakePlexTV(httpserver, pending=0)
+    plex_tv.tokens |= {TOKEN, AUTH_TOKEN, ACCESS_TOKEN}
+    assert cli("login", "--client-id", "kept-device")[0] == 0  # keeps PIN_TOKEN, made for kept-device
+    (tmp_path / "option").write_text(AUTH_TOKEN + "\n")
+    (tmp_path / "variable").write_text(ACCESS_TOKEN)
+    monkeypatch.setenv("PLEX_TOKEN_FILE", str(tmp_path / "variable"))
+    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
+    steps = [
+        (["--token-file", str(tmp_path / "option")], AUTH_TOKEN, f"--token-file {tmp_path / 'option'}"),
+        ([], ACCESS_TOKEN, f"PLEX_TOKEN_FILE ({tmp_path / 'variable'})"),
+        ([], TOKEN, "PLEX_TOKEN"),
+        ([], PIN_TOKEN, f"the kept login ({tmp_path / 'config' / 'plexauth' / 'login.json'})"),
+    ]
+    for step, (argv, token, where) in enumerate(steps):
+        if step == 2:
+            monkeypatch.delenv("PLEX_TOKEN_FILE")
+        if step == 3:
+            monkeypatch.delenv("PLEX_TOKEN")
+        code, out, _ = cli("status", *argv)
+        assert (code, out.splitlines()[0]) == (0, f"token from: {where}")
+        assert plex_tv.used[-1][0] == token  # what reached plex.tv
+    # The kept token goes with its own client identifier; others with this user's.
+    assert [client for _, client in plex_tv.used][-1] == "kept-device"
+    assert plex_tv.used[-2][1] == (tmp_path / "config" / "plexauth" / "client-id").read_text().strip()
+
+
+def test_login__with_password_keeps_that_token(cli: Any, httpserver: HTTPServer,
+                                               monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    httpserver.expect_ordered_request("/api/v2/users/signin").respond_with_json(ACCOUNT, status=201)
+    monkeypatch.setenv("PLEX_PASSWORD", PASSWORD)
+    code, out, _err = cli("login", "--password", "--login", "me", "--remember-me")
+    assert (code, out) == (0, "")
+    kept = json.loads((tmp_path / "config" / "plexauth" / "login.json").read_text())
+    assert (kept["token"], kept["how"]) == (AUTH_TOKEN, "password")
+    (request,) = requests_seen(httpserver)
+    assert (request.form["password"], request.form["rememberMe"]) == (PASSWORD, "true")
+    assert cli("login", "--login", "me")[2] == "plexauth: error: --login is for a sign-in with a password: " \
+        "add --password\n"
+    assert cli("login", "--password", "--wait", "5")[2] == "plexauth: error: --wait is for a sign-in with a " \
+        "code: leave out --password\n"
+    assert len(httpserver.log) == 1
+
+
+@pytest.mark.parametrize("how", ["world-readable", "symlink-to-dev-zero", "fifo", "not-ours", "token-not-text",
+                                 "not-utf-8"])
+def test_login__kept_login_that_is_not_private_is_refused(cli: Any, httpserver: HTTPServer, tmp_path: Any,
+                                                          how: str) -> None:
+    kept_file(tmp_path / "config", how, name="login.json")
+    kept = tmp_path / "config" / "plexauth" / "login.json"
+    if how in ("token-not-text", "not-utf-8"):
+        kept.write_bytes(b'{"token": 5}' if how == "token-not-text" else b"\xff\xfe")
+    code, out, err = cli("whoami")
+    wrong = {"world-readable": "readable or writable by other users (mode 0644)",
+             "symlink-to-dev-zero": "a symbolic link", "fifo": "not a regular file"}
+    assert (code, out) == (2, "")
+    if how in ("not-ours", "token-not-text"):
+        assert err == f"plexauth: error: the kept login {kept} is not one plexauth wrote; run plexauth login again\n"
+    elif how == "not-utf-8":
+        assert err == f"plexauth: error: cannot read the kept login {kept} (not UTF-8 text)\n"
+    else:
+        assert err == f"plexauth: error: refusing the kept file {kept}: it is {wrong[how]}; remove it and run " \
+            "plexauth login\n"
+    assert httpserver.log == []
+
+
+def test_login__a_login_that_cannot_be_kept_makes_no_token_or_revokes_it(
+    cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    plex_tv = FakePlexTV(httpserver, pending=0)
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "file"))  # no folder can be made there
+    code, _, err = cli("login", "--client-id", CLIENT_ID)
+    assert (code, err) == (2, f"plexauth: error: cannot keep the login in {tmp_path / 'file' / 'plexauth'} "
+                              "(Not a directory); see plexauth --help\n")
+    assert httpserver.log == []  # refused before any PIN was made
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    with file_writes_fail():
+        code, _, err = cli("login", "--client-id", CLIENT_ID)
+    assert code == 1
+    assert err.endswith(f"plexauth: error: cannot keep the new token in {tmp_path / 'config' / 'plexauth'}"
+                        "/login.json (File too large); it was revoked, so that no working token is left "
+                        "behind; sign in again\n")
+    assert PIN_TOKEN not in plex_tv.tokens
+
+
+def test_logout__a_dead_token_is_forgotten_a_network_failure_keeps_it(
+    cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    plex_tv = FakePlexTV(httpserver, pending=0)
+    assert cli("login")[0] == 0
+    kept = tmp_path / "config" / "plexauth" / "login.json"
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    code, _, err = cli("logout", "--plex-tv-url", f"http://127.0.0.1:{port}/api/v2")
+    assert (code, kept.exists()) == (6, True)  # not revoked, so not forgotten
+    plex_tv.tokens.discard(PIN_TOKEN)  # revoked elsewhere
+    code, out, err = cli("status")
+    assert (code, out) == (3, "")
+    assert err.endswith(f"(code 1001): the token from the kept login ({kept}) is not accepted; run plexauth login\n")
+    code, _, err = cli("logout")
+    assert (code, err) == (0, f"plexauth: logged out: the token was not accepted already; {kept} is removed\n")
+    assert not kept.exists()
+    monkeypatch.setenv("PLEX_TOKEN", TOKEN)  # a token that is not kept is revoked, and nothing is removed
+    assert cli("logout") == (0, "", "plexauth: logged out: the token no longer works\n")
+    assert TOKEN not in plex_tv.tokens
+
+
+def test_cli__each_command_reads_only_what_it_uses(cli: Any, httpserver: HTTPServer,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    FakePlexTV(httpserver)
+    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
+    monkeypatch.setenv("PLEX_SERVER_URL", "not a url")  # whoami and ping never talk to the server
+    assert cli("whoami")[0] == 0
+    assert cli("ping") == (0, "", "")
+    assert cli("transient-token") == (2, "", "plexauth: error: PLEX_SERVER_URL must be an http:// or https:// URL "
+                                              "with a host, got 'not a url'\n")
+    monkeypatch.setenv("PLEX_TOKEN", TOKEN + "\n")
+    assert cli("ping") == (2, "", "plexauth: error: the token from PLEX_TOKEN must not contain control characters\n")
+    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
+    # Before the command, an option it does not use is named; after it, argparse knows none such.
+    for argv, command in ((["--server", "http://x", "ping"], "ping"), (["--timeout", "5", "token"], "token"),
+                          (["--plex-tv-url", "http://x", "transient-token"], "transient-token")):
+        assert cli(*argv) == (2, "", f"plexauth: error: plexauth {command} does not use {argv[0]}\n")
+    code, _, err = cli("whoami", "--server", "http://x")
+    assert (code, err.splitlines()[-1]) == (2, "plexauth: error: unrecognized arguments: --server http://x")
+    assert cli("sign-in", "--token-file", "x")[0] == 2  # not an option of sign-in at all
+    assert cli("source-info", "0123abcd") == (2, "", "plexauth: error: SOURCE must start with server:// or "
+                                                     "provider:// (as in server://<the server's machine identifier>), "
+                                                     "got '0123abcd'\n")
+    assert cli("whoami", "--retries", "11")[2] == "plexauth: error: --retries must be between 0 and 10, got 11\n"
+
+
+def test_cli__no_token_writes_no_client_identifier(cli: Any, httpserver: HTTPServer, tmp_path: Any) -> None:
+    code, _, err = cli("whoami")
+    assert (code, err) == (2, "plexauth: error: no token: run plexauth login, or set PLEX_TOKEN_FILE or "
+                              "PLEX_TOKEN, or use --token-file\n")
+    assert not (tmp_path / "config").exists()
+
+
+def test_cli__unwritable_config_folder_warns_once(cli: Any, httpserver: HTTPServer, tmp_path: Any,
+                                                  monkeypatch: pytest.MonkeyPatch, token_env: None) -> None:
+    FakePlexTV(httpserver)
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "file"))
+    code, _, err = cli("ping")
+    assert code == 0
+    assert err == f"plexauth: warning: cannot keep the client identifier in {tmp_path / 'file' / 'plexauth'}" \
+        "/client-id (Not a directory); set PLEX_CLIENT_IDENTIFIER\n"
+
+
+def test_cli__token_file_dash_reads_standard_input(cli: Any, httpserver: HTTPServer,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    plex_tv = FakePlexTV(httpserver)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(TOKEN + "\n"))
+    assert cli("ping", "--token-file", "-") == (0, "", "")
+    assert plex_tv.used[-1][0] == TOKEN
+    monkeypatch.setattr(sys, "stdin", io.StringIO(TOKEN))
+    assert cli("token", "--token-file", "-", shown=(TOKEN,)) == (0, TOKEN + "\n", "")
+    closed = io.StringIO()
+    closed.close()
+    monkeypatch.setattr(sys, "stdin", closed)
+    assert cli("token", "--token-file", "-") == (2, "", "plexauth: error: cannot read the token from standard "
+                                                        "input (it is closed)\n")
+    monkeypatch.setattr(sys, "stdin", None)  # pythonw, or a service without one
+    assert cli("token", "--token-file", "-") == (2, "", "plexauth: error: no token: there is no standard input\n")
+
+
+@pytest.mark.parametrize("source", ["file", "stdin", "variable"])
+def test_cli__password_sources_agree_on_white_space(cli: Any, httpserver: HTTPServer, tmp_path: Any,
+                                                    monkeypatch: pytest.MonkeyPatch, source: str) -> None:
+    httpserver.expect_request("/api/v2/users/signin").respond_with_json(ACCOUNT, status=201)
+    spaced = f"  {PASSWORD} \t"  # white space is part of a password; only the line ending goes
+    args = ["sign-in", "--login", "me", "--save-token", str(tmp_path / "t")]
+    if source == "file":
+        (tmp_path / "pw").write_text(spaced + "\n")
+        args += ["--password-file", str(tmp_path / "pw")]
+    elif source == "stdin":
+        monkeypatch.setattr(sys, "stdin", io.StringIO(spaced + "\n"))
+        args += ["--password-stdin"]
+    else:
+        monkeypatch.setenv("PLEX_PASSWORD", spaced)
+    assert cli(*args)[0] == 0
+    assert requests_seen(httpserver)[0].form["password"] == spaced
+
+
+def test_cli__total_timeout_and_retries_bound_a_stalled_server(cli: Any, fault_server: Any, token_env: None) -> None:
+    server = fault_server(silent)
+    url = f"http://127.0.0.1:{server.port}/api/v2"
+    started = time.monotonic()
+    code, _, err = cli("ping", "--plex-tv-url", url, "--timeout", "30", "--total-timeout", "1")
+    assert time.monotonic() - started < 1 + 2  # a generous bound on the promise
+    assert (code, err) == (6, f"plexauth: error: GET /api/v2/ping could not complete: no complete answer from "
+                              f"http://127.0.0.1:{server.port} within the 1 s limit for the whole call\n")
+    code, _, err = cli("ping", "--plex-tv-url", url, "--timeout", "0.2", "--retries", "0")
+    assert (code, err) == (6, f"plexauth: error: GET /api/v2/ping could not complete: http://127.0.0.1:"
+                              f"{server.port} sent nothing for 0.2 s (timed out)\n")
+    server.close()
+    assert server.connections == 2  # one try each: the first ended by the limit, the second by --retries 0
+
+
+def on_terminal(argv: list[str], env: dict[str, str], script: list[tuple[bytes, bytes]]) -> tuple[int, bytes, bytes]:
+    """Run ``python -m plexauth`` with a pseudo-terminal on stdin and stderr:
+    for each (prompt, answer) of ``script``, wait for the prompt and type the
+    answer; return (exit code, stdout, what the terminal showed)."""
+    import pty
+    import select
+
+    full = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.path.dirname(plexauth.__file__), **env}
+    master, slave = pty.openpty()
+    child = subprocess.Popen([sys.executable, "-m", "plexauth", *argv], stdin=slave, stdout=subprocess.PIPE,
+                             stderr=slave, env=full, start_new_session=True)
+    os.close(slave)
+    seen = b""
+    done = 0  # what the prompts answered so far end at: each prompt is a new one
+    try:
+        for prompt, answer in script:
+            while prompt not in seen[done:]:
+                ready, _, _ = select.select([master], [], [], 30)
+                assert ready, f"no {prompt!r} on the terminal; it shows {seen!r}"
+                seen += os.read(master, 4096)
+            done = seen.index(prompt, done) + len(prompt)
+            os.write(master, answer)  # typed once the prompt shows: getpass drops what was typed ahead
+        out, _ = child.communicate(timeout=30)
+        with contextlib.suppress(OSError):  # the rest of what it showed; EIO once the child is gone
+            while select.select([master], [], [], 0.5)[0]:
+                more = os.read(master, 4096)
+                if not more:
+                    break
+                seen += more
+    finally:
+        child.kill()
+        child.wait()
+        os.close(master)
+    return child.returncode, out, seen
+
+
+@pytest.mark.parametrize(
+    ("script", "message"),
+    [
+        ([(b"Login (email or username): ", b"\x04")], b"no login given (end of input)"),
+        ([(b"Login (email or username): ", b"me\n"), (b"Password: ", b"\x04")], b"no password given (end of input)"),
+        ([(b"Login (email or username): ", b"me\n"), (b"Password: ", b"\n")], b"no password given (an empty line)"),
+        ([(b"Login (email or username): ", b"me\n"), (b"Password: ", PASSWORD.encode() + b"\n"),
+          (b"Verification code: ", b"\n")], b"no verification code given (an empty line)"),
+    ],
+    ids=["eof-at-login", "eof-at-password", "empty-password", "empty-code"],
+)
+def test_cli__prompts_end_in_one_line_usage_errors(httpserver: HTTPServer, tmp_path: Any,
+                                                   script: list[tuple[bytes, bytes]], message: bytes) -> None:
+    httpserver.expect_request("/api/v2/users/signin").respond_with_json(TWO_FACTOR, status=401)
+    env = {"HOME": str(tmp_path), "PLEX_TV_URL": httpserver.url_for("/api/v2"), "PLEX_CLIENT_IDENTIFIER": CLIENT_ID}
+    code, out, seen = on_terminal(["sign-in"], env, script)
+    assert (code, out) == (2, b"")
+    assert seen.rstrip().endswith(b"plexauth: error: " + message)
+    assert b"Traceback" not in seen
+    assert_no_secret(seen.decode("utf-8", "replace"))
+
+
+def test_cli__a_wrong_code_on_a_terminal_gets_another_try(httpserver: HTTPServer, tmp_path: Any) -> None:
+    for answer in (TWO_FACTOR, TWO_FACTOR, TWO_FACTOR):  # none, a wrong code, another wrong code...
+        httpserver.expect_ordered_request("/api/v2/users/signin").respond_with_json(answer, status=401)
+    httpserver.expect_ordered_request("/api/v2/users/signin").respond_with_json(ACCOUNT, status=201)
+    env = {"HOME": str(tmp_path), "PLEX_TV_URL": httpserver.url_for("/api/v2"), "PLEX_CLIENT_IDENTIFIER": CLIENT_ID,
+           "PLEX_PASSWORD": PASSWORD}
+    code, out, seen = on_terminal(["sign-in", "--login", "me"], env, [
+        (b"Verification code: ", b"111111\n"), (b"Verification code: ", b"222222\n"),
+        (b"Verification code: ", CODE.encode() + b"\n")])
+    assert (code, out) == (0, AUTH_TOKEN.encode() + b"\n")
+    assert seen.count(b"that code was not accepted") == 2
+    codes = [request.form.get("verificationCode") for request in requests_seen(httpserver)]
+    assert codes == [None, "111111", "222222", CODE]
+    assert_no_secret(seen.decode("utf-8", "replace"))
+
+
+@pytest.mark.parametrize(("typed", "message"), [("", "no login given (end of input)"),
+                                               ("  \n", "no login given (an empty line)")], ids=["eof", "empty"])
+def test_cli__an_empty_or_ended_login_prompt_is_a_usage_error(cli: Any, httpserver: HTTPServer,
+                                                              monkeypatch: pytest.MonkeyPatch, typed: str,
+                                                              message: str) -> None:
+    # In this process (the terminal tests above run in their own), for what coverage counts.
+    monkeypatch.setattr(sys, "stdin", FakeTTY(typed))
+    code, out, err = cli("sign-in")
+    assert (code, out) == (2, "")
+    assert err.endswith(f"plexauth: error: {message}\n")
+    assert err.count("error") == 1
+    assert httpserver.log == []
+
+
+def test_cli__codes_typed_on_a_terminal_are_tried_three_times(cli: Any, httpserver: HTTPServer,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    httpserver.expect_request("/api/v2/users/signin").respond_with_json(TWO_FACTOR, status=401)
+    monkeypatch.setenv("PLEX_PASSWORD", PASSWORD)
+    monkeypatch.setattr(sys, "stdin", FakeTTY(""))
+    typed = iter(["111111", "222222", "333333"])
+    monkeypatch.setattr("getpass.getpass", lambda prompt, stream=None: next(typed))
+    code, out, err = cli("sign-in", "--login", "me")
+    assert (code, out) == (4, "")
+    assert err.count("plexauth: that code was not accepted; try again") == 2
+    assert err.endswith("(code 1029): 3 codes were not accepted; sign in again\n")
+    codes = [request.form.get("verificationCode") for request in requests_seen(httpserver)]
+    assert codes == [None, "111111", "222222", "333333"]
+
+
+def test_cli__three_wrong_codes_end_the_sign_in(httpserver: HTTPServer, tmp_path: Any) -> None:
+    httpserver.expect_request("/api/v2/users/signin").respond_with_json(TWO_FACTOR, status=401)
+    env = {"HOME": str(tmp_path), "PLEX_TV_URL": httpserver.url_for("/api/v2"), "PLEX_CLIENT_IDENTIFIER": CLIENT_ID,
+           "PLEX_PASSWORD": PASSWORD}
+    script = [(b"Verification code: ", b"111111\n")] * 3
+    code, out, seen = on_terminal(["sign-in", "--login", "me"], env, script)
+    assert (code, out) == (4, b"")
+    assert seen.rstrip().endswith(b"(code 1029): 3 codes were not accepted; sign in again")
+    assert len(httpserver.log) == 4
+
+
+# ===========================================================================
 # Tests: the README's promises
 # ===========================================================================
 
@@ -4433,17 +4840,32 @@ def test_readme__guarantees_name_real_tests() -> None:
         assert promise in readme, promise
 
 
-def test_readme__documents_every_subcommand_and_exit_code() -> None:
+def test_readme__documents_every_command_option_variable_and_exit_code() -> None:
+    """The README's command line section and --help name the same commands,
+    options, variables and exit codes as the parser and the module."""
     import argparse
 
     with open(os.path.join(os.path.dirname(__file__), "README.rst"), encoding="utf-8") as file:
         readme = file.read()
     section = readme[readme.index("Command line\n---") : readme.index("Errors\n---")]
-    (subcommands,) = [a for a in plexauth._parser()._actions if isinstance(a, argparse._SubParsersAction)]
-    for name in subcommands.choices:
-        assert f"\n``{name}" in section, name
-    codes = re.findall(r"^  (\d+)  ", plexauth._EXIT_CODES, re.MULTILINE)
-    assert codes == [str(n) for n in range(9)]
-    for code in codes:
-        assert f"\n{code}     " in section, code
+    parser = plexauth._parser()
+    top_help = parser.format_help()
+    (subcommands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, sub in subcommands.choices.items():
+        assert re.search(rf"^(``[\w-]+``, )?``{name}[` ]", section, re.MULTILINE), name
+        assert name in top_help
+        for action in sub._actions:
+            for option in set(action.option_strings) - {"-h", "--help"}:
+                assert f"``{option}" in section, (name, option)
+    with open(plexauth.__file__, encoding="utf-8") as file:
+        read = set(re.findall(r"\"(PLEX_[A-Z_]+|XDG_CONFIG_HOME)\"", file.read()))  # each variable's name
+    assert read == set(re.findall(r"\b(PLEX_[A-Z_]+|XDG_CONFIG_HOME)\b", plexauth._ENVIRONMENT))
+    for variable in read:
+        assert variable in section, variable
+        assert variable in top_help
+    rows = re.findall(r"^  (\d)  (.+)$", plexauth._EXIT_CODES, re.MULTILINE)
+    assert [code for code, _ in rows] == [str(n) for n in range(9)]
+    for code, meaning in rows:
+        assert f"\n{code}     {meaning}\n" in section.replace("``", ""), code
+        assert f"{code}  {meaning}" in top_help
     assert "crontab" in section or "cron job" in section
