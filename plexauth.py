@@ -1663,7 +1663,8 @@ def _text(body: bytes, *, strict: bool) -> str:
             codec, body = name, body[len(mark):]
             break
     else:
-        declared = re.match(_XML_DECLARED, body)
+        # Only an XML declaration names an encoding: a JSON body does not go through the pattern.
+        declared = re.match(_XML_DECLARED, body) if body.lstrip()[:5] == b"<?xml" else None
         if declared:
             codec = _XML_ENCODINGS.get(declared.group(1).strip().lower().decode("ascii", "replace"), "")
             if codec == "utf-16":  # the declaration is readable, so it is not: only a byte-order mark says so
