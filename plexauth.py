@@ -838,8 +838,8 @@ class _DeadlineReader(io.RawIOBase):
     timeout bounds one read, and a server trickling a byte at a time would
     otherwise hold a call for as long as it likes."""
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self._raw = sock.makefile("rb", buffering=0)  # keeps the socket open while read, as http.client's does
+    def __init__(self, raw: io.RawIOBase, sock: socket.socket, deadline: float) -> None:
+        self._raw = raw  # the socket's file, which keeps the socket open while read
         self._sock = sock
         self._deadline = deadline
         timeout = sock.gettimeout()
@@ -879,9 +879,9 @@ class _Response(http.client.HTTPResponse):
 
     def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
         super().__init__(sock, *args, **kwargs)
-        self.fp.close()  # replaced by a reader that keeps to the deadline
         self._socket = sock
-        self.fp = io.BufferedReader(_DeadlineReader(sock, _local.deadline))
+        # The socket's file that http.client made, read through a reader that keeps to the deadline.
+        self.fp = io.BufferedReader(_DeadlineReader(self.fp.detach(), sock, _local.deadline))
 
     def _read_status(self) -> tuple[str, int, str]:
         for _ in range(_MAX_INTERIM_ANSWERS + 1):
