@@ -105,7 +105,9 @@ _log = logging.getLogger("plexauth")
 _log.addHandler(logging.NullHandler())
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-_INT_TEXT = re.compile(r"[+-]?[0-9]{1,18}")
+# Patterns that a run may never need (here, integers sent as text: XML's) are
+# kept as text, which re compiles on first use and caches (see _ESCAPES).
+_INT_TEXT = r"[+-]?[0-9]{1,18}"
 _INT_RANGE = 2**63
 
 # X-Plex-* headers, in the order they are sent, from Config fields.
@@ -359,7 +361,7 @@ def _int(value: Any) -> int | None:
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    elif isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
+    elif isinstance(value, str) and re.fullmatch(_INT_TEXT, value.strip()):
         return int(value)
     # Plex's integers are 64-bit; a larger one (1e308 is a 1024-bit int) is not an answer.
     return value if isinstance(value, int) and -_INT_RANGE <= value < _INT_RANGE else None
@@ -861,7 +863,7 @@ class _DeadlineReader(io.RawIOBase):
 
 
 _MAX_CHUNK_LINE = 65536  # as http.client's
-_CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,16}")
+_CHUNK_SIZE = rb"[0-9a-fA-F]{1,16}"  # compiled on first use: most answers are not chunked
 
 
 class _Response(http.client.HTTPResponse):
@@ -896,7 +898,7 @@ class _Response(http.client.HTTPResponse):
         # "to the end of the stream", unbounded), "+1", "1_0" and blanks.
         line = self.fp.readline(_MAX_CHUNK_LINE + 1)
         size = line.split(b";", 1)[0].strip()
-        if len(line) > _MAX_CHUNK_LINE or not _CHUNK_SIZE.fullmatch(size):
+        if len(line) > _MAX_CHUNK_LINE or not re.fullmatch(_CHUNK_SIZE, size):
             self._close_conn()
             raise ValueError("a chunk size that is not up to 16 hexadecimal digits")  # IncompleteRead to urllib3
         return int(size, 16)
@@ -1317,7 +1319,7 @@ _SECRET_KEYS = (  # where a value starts; it ends at its closing quote, or a sep
     r"(?<![\w.:-])[\w.:-]{0,64}?" + _SECRET_KEY + r"\s*=\s*[\"']",  # XML
     r"(?<![\w.:-])[\w.:-]{0,64}?" + _SECRET_KEY + r"=(?=[^\s&\"'<>;,])",  # a query string
 )
-_QUERY_VALUE_END = re.compile(r"[\s&\"'<>;,]")
+_QUERY_VALUE_END = r"[\s&\"'<>;,]"
 # A literal stretch shorter than this, between escapes, joins them in one
 # span: a view of a text full of escapes then keeps few spans, at the cost of
 # masking a little more around a secret found there.
@@ -1469,7 +1471,7 @@ def _secret_values(text: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
             elif kind == 1:
                 end = text.find(text[start - 1], start)
             else:
-                after = _QUERY_VALUE_END.search(text, start)
+                after = re.compile(_QUERY_VALUE_END).search(text, start)
                 end = after.start() if after else -1
             end = len(text) if end < 0 else end
             spans.append((match.span(), (start, end)))
@@ -1517,12 +1519,13 @@ def _secret_forms(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile("|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True)), re.IGNORECASE)
 
 
-_GAPS = re.compile(r"[\s\x00]+")
+# Kept as text, like _ESCAPES: only masking uses them.
+_GAPS = r"[\s\x00]+"
 # Markup a reader would not see: comments (which may hold < and >), then tags
 # (whose quoted attribute values may).
-_TAGS = re.compile(r"<!--.*?-->|<(?:[^<>\"']|\"[^\"]*\"|'[^']*')*>", re.DOTALL)
-_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{8,}")
-_HEX_RUN = re.compile(r"(?:[0-9a-fA-F]{2}){4,}")
+_TAGS = r"(?s)<!--.*?-->|<(?:[^<>\"']|\"[^\"]*\"|'[^']*')*>"
+_BASE64_RUN = r"[A-Za-z0-9+/_-]{8,}"
+_HEX_RUN = r"(?:[0-9a-fA-F]{2}){4,}"
 #: _reveals decodes base64 and hex this many times over (hex of base64, base64 twice...).
 _DECODE_DEPTH = 2
 #: _reveals reads at most this much decoded text; a text that needs more is withheld.
@@ -1542,7 +1545,7 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
         return False
     import html  # noqa: PLC0415 (only shown text is checked)
 
-    untagged = _TAGS.sub("", text.replace("<![CDATA[", "").replace("]]>", ""))
+    untagged = re.sub(_TAGS, "", text.replace("<![CDATA[", "").replace("]]>", ""))
     readings = _readings(text.encode("latin-1", "ignore"))
     if not text.isascii():
         readings += _readings(text.encode("utf-8", "surrogatepass"))
@@ -1555,13 +1558,13 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
         for candidate in dict.fromkeys(candidates):
             candidate_views = views if views and candidate is text else _views(candidate)
             for view in candidate_views:
-                joined = _GAPS.sub("", view.text)
+                joined = re.sub(_GAPS, "", view.text)
                 folded = joined.casefold()
                 if any(secret in folded for secret in wanted):
                     return True
                 if depth < _DECODE_DEPTH:
-                    runs.update(_BASE64_RUN.findall(joined))
-                    runs.update(_HEX_RUN.findall(joined))
+                    runs.update(re.findall(_BASE64_RUN, joined))
+                    runs.update(re.findall(_HEX_RUN, joined))
             if len(candidate_views) > _UNESCAPE_PASSES:
                 return True  # escaped more times over than the views undo: withheld, to be safe
         budget -= 4 * sum(map(len, runs))  # each run is read four ways
@@ -1574,7 +1577,7 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
 @functools.lru_cache(maxsize=16)
 def _wanted(secrets: tuple[str, ...]) -> frozenset[str]:
     """What _reveals looks for: each secret's views, without gaps and case, and its hex."""
-    wanted = {_GAPS.sub("", view.text).casefold() for secret in secrets if secret for view in _views(secret)}
+    wanted = {re.sub(_GAPS, "", view.text).casefold() for secret in secrets if secret for view in _views(secret)}
     wanted |= {secret.encode("utf-8", "surrogatepass").hex() for secret in secrets if secret}
     wanted.discard("")
     return frozenset(wanted)
@@ -1603,7 +1606,7 @@ def _decoded(run: str) -> list[str]:
     for start in range(2):
         chunk = run[start:]
         chunk = chunk[: len(chunk) // 2 * 2]
-        if _HEX_RUN.fullmatch(chunk):
+        if re.fullmatch(_HEX_RUN, chunk):
             texts += _readings(bytes.fromhex(chunk))
     return texts
 
