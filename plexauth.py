@@ -45,7 +45,6 @@ import ssl
 import sys
 import threading
 import time
-import typing
 import urllib.parse
 import zlib
 from typing import Any, Callable, Mapping, NoReturn, TypeVar
@@ -446,12 +445,17 @@ _M = TypeVar("_M")
 _TAKEN_AS_IS: dict[Callable[[Any], Any], type] = {_str: str, _bool: bool}
 
 
-class _Plan(typing.NamedTuple):
-    """How to decode one model class, worked out from its fields once."""
+class _Plan:
+    """How to decode one model class, worked out from its fields once.  (A
+    plain class: making a typing.NamedTuple took 0.1 to 0.25 ms of the import.)"""
 
-    # (field name, wire key, converter, the type taken as is, the value when missing)
-    fields: tuple[tuple[str, str, Callable[[Any], Any], type | None, Any], ...]
-    required: tuple[tuple[str, str], ...]  # (field name, wire key) of those that must be there
+    __slots__ = ("fields", "required")
+
+    def __init__(self, fields: tuple[tuple[str, str, Callable[[Any], Any], type | None, Any], ...],
+                 required: tuple[tuple[str, str], ...]) -> None:
+        # (field name, wire key, converter, the type taken as is, the value when missing)
+        self.fields = fields
+        self.required = required  # (field name, wire key) of those that must be there
 
 
 @functools.lru_cache(maxsize=None)
