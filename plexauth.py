@@ -233,26 +233,32 @@ def _check_seconds(label: str, value: Any) -> float:
 
 
 def _check_url(name: str, value: Any) -> None:
-    """An http(s) URL with a host; messages show it without its query,
-    fragment and credentials, where Plex Web's "View XML" puts the token."""
+    """An http(s) URL with a host."""
     label = f"Config.{name}"
     if not isinstance(value, str):
         raise TypeError(f"{label} must be a str, not {type(value).__name__}")
-    scheme, sep, rest = value.partition("://")
-    if not sep:
-        scheme, rest = "", value
-    # Credentials first, to the last "@": a password may hold "?" or "#".
-    shown = scheme + sep + re.split(r"[?#]", rest.rpartition("@")[2], maxsplit=1)[0]
     if not value.strip() or _CONTROL_CHARS.search(value) or not _is_text(value):
-        raise ValueError(f"{label} must be a URL without blanks, control characters or lone surrogates, got {shown!r}")
+        raise ValueError(f"{label} must be a URL without blanks, control characters or lone surrogates, "
+                         f"got {_url_shown(value)!r}")
     try:
         url = urllib3.util.parse_url(value)
     except urllib3.exceptions.LocationParseError:
         url = None
     if url is None or url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"{label} must be an http:// or https:// URL with a host, got {shown!r}")
+        raise ValueError(f"{label} must be an http:// or https:// URL with a host, got {_url_shown(value)!r}")
     if url.query is not None or url.fragment is not None or url.auth is not None:
-        raise ValueError(f"{label} must not carry credentials, a query or a fragment, got {shown!r}")
+        raise ValueError(f"{label} must not carry credentials, a query or a fragment, got {_url_shown(value)!r}")
+
+
+def _url_shown(value: str) -> str:
+    """``value`` as a message shows it: without its query, fragment and
+    credentials, where Plex Web's "View XML" puts the token.  (Worked out
+    for a message only: a URL that is fine is never shown.)"""
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        scheme, rest = "", value
+    # Credentials first, to the last "@": a password may hold "?" or "#".
+    return scheme + sep + re.split(r"[?#]", rest.rpartition("@")[2], maxsplit=1)[0]
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
