@@ -45,7 +45,6 @@ import ssl
 import sys
 import threading
 import time
-import typing
 import urllib.parse
 import zlib
 from typing import Any, Callable, Mapping, NoReturn, TypeVar
@@ -105,7 +104,9 @@ _log = logging.getLogger("plexauth")
 _log.addHandler(logging.NullHandler())
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-_INT_TEXT = re.compile(r"[+-]?[0-9]{1,18}")
+# Patterns that a run may never need (here, integers sent as text: XML's) are
+# kept as text, which re compiles on first use and caches (see _ESCAPES).
+_INT_TEXT = r"[+-]?[0-9]{1,18}"
 _INT_RANGE = 2**63
 
 # X-Plex-* headers, in the order they are sent, from Config fields.
@@ -232,26 +233,32 @@ def _check_seconds(label: str, value: Any) -> float:
 
 
 def _check_url(name: str, value: Any) -> None:
-    """An http(s) URL with a host; messages show it without its query,
-    fragment and credentials, where Plex Web's "View XML" puts the token."""
+    """An http(s) URL with a host."""
     label = f"Config.{name}"
     if not isinstance(value, str):
         raise TypeError(f"{label} must be a str, not {type(value).__name__}")
-    scheme, sep, rest = value.partition("://")
-    if not sep:
-        scheme, rest = "", value
-    # Credentials first, to the last "@": a password may hold "?" or "#".
-    shown = scheme + sep + re.split(r"[?#]", rest.rpartition("@")[2], maxsplit=1)[0]
     if not value.strip() or _CONTROL_CHARS.search(value) or not _is_text(value):
-        raise ValueError(f"{label} must be a URL without blanks, control characters or lone surrogates, got {shown!r}")
+        raise ValueError(f"{label} must be a URL without blanks, control characters or lone surrogates, "
+                         f"got {_url_shown(value)!r}")
     try:
         url = urllib3.util.parse_url(value)
     except urllib3.exceptions.LocationParseError:
         url = None
     if url is None or url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"{label} must be an http:// or https:// URL with a host, got {shown!r}")
+        raise ValueError(f"{label} must be an http:// or https:// URL with a host, got {_url_shown(value)!r}")
     if url.query is not None or url.fragment is not None or url.auth is not None:
-        raise ValueError(f"{label} must not carry credentials, a query or a fragment, got {shown!r}")
+        raise ValueError(f"{label} must not carry credentials, a query or a fragment, got {_url_shown(value)!r}")
+
+
+def _url_shown(value: str) -> str:
+    """``value`` as a message shows it: without its query, fragment and
+    credentials, where Plex Web's "View XML" puts the token.  (Worked out
+    for a message only: a URL that is fine is never shown.)"""
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        scheme, rest = "", value
+    # Credentials first, to the last "@": a password may hold "?" or "#".
+    return scheme + sep + re.split(r"[?#]", rest.rpartition("@")[2], maxsplit=1)[0]
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -355,7 +362,7 @@ def _int(value: Any) -> int | None:
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    elif isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
+    elif isinstance(value, str) and re.fullmatch(_INT_TEXT, value.strip()):
         return int(value)
     # Plex's integers are 64-bit; a larger one (1e308 is a 1024-bit int) is not an answer.
     return value if isinstance(value, int) and -_INT_RANGE <= value < _INT_RANGE else None
@@ -440,12 +447,17 @@ _M = TypeVar("_M")
 _TAKEN_AS_IS: dict[Callable[[Any], Any], type] = {_str: str, _bool: bool}
 
 
-class _Plan(typing.NamedTuple):
-    """How to decode one model class, worked out from its fields once."""
+class _Plan:
+    """How to decode one model class, worked out from its fields once.  (A
+    plain class: making a typing.NamedTuple took 0.1 to 0.25 ms of the import.)"""
 
-    # (field name, wire key, converter, the type taken as is, the value when missing)
-    fields: tuple[tuple[str, str, Callable[[Any], Any], type | None, Any], ...]
-    required: tuple[tuple[str, str], ...]  # (field name, wire key) of those that must be there
+    __slots__ = ("fields", "required")
+
+    def __init__(self, fields: tuple[tuple[str, str, Callable[[Any], Any], type | None, Any], ...],
+                 required: tuple[tuple[str, str], ...]) -> None:
+        # (field name, wire key, converter, the type taken as is, the value when missing)
+        self.fields = fields
+        self.required = required  # (field name, wire key) of those that must be there
 
 
 @functools.lru_cache(maxsize=None)
@@ -824,8 +836,8 @@ class _DeadlineReader(io.RawIOBase):
     timeout bounds one read, and a server trickling a byte at a time would
     otherwise hold a call for as long as it likes."""
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self._raw = sock.makefile("rb", buffering=0)  # keeps the socket open while read, as http.client's does
+    def __init__(self, raw: io.RawIOBase, sock: socket.socket, deadline: float) -> None:
+        self._raw = raw  # the socket's file, which keeps the socket open while read
         self._sock = sock
         self._deadline = deadline
         timeout = sock.gettimeout()
@@ -847,7 +859,7 @@ class _DeadlineReader(io.RawIOBase):
 
 
 _MAX_CHUNK_LINE = 65536  # as http.client's
-_CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,16}")
+_CHUNK_SIZE = rb"[0-9a-fA-F]{1,16}"  # compiled on first use: most answers are not chunked
 
 
 class _Response(http.client.HTTPResponse):
@@ -865,9 +877,9 @@ class _Response(http.client.HTTPResponse):
 
     def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
         super().__init__(sock, *args, **kwargs)
-        self.fp.close()  # replaced by a reader that keeps to the deadline
         self._socket = sock
-        self.fp = io.BufferedReader(_DeadlineReader(sock, _local.deadline))
+        # The socket's file that http.client made, read through a reader that keeps to the deadline.
+        self.fp = io.BufferedReader(_DeadlineReader(self.fp.detach(), sock, _local.deadline))
 
     def _read_status(self) -> tuple[str, int, str]:
         for _ in range(_MAX_INTERIM_ANSWERS + 1):
@@ -882,7 +894,7 @@ class _Response(http.client.HTTPResponse):
         # "to the end of the stream", unbounded), "+1", "1_0" and blanks.
         line = self.fp.readline(_MAX_CHUNK_LINE + 1)
         size = line.split(b";", 1)[0].strip()
-        if len(line) > _MAX_CHUNK_LINE or not _CHUNK_SIZE.fullmatch(size):
+        if len(line) > _MAX_CHUNK_LINE or not re.fullmatch(_CHUNK_SIZE, size):
             self._close_conn()
             raise ValueError("a chunk size that is not up to 16 hexadecimal digits")  # IncompleteRead to urllib3
         return int(size, 16)
@@ -1320,7 +1332,7 @@ _SECRET_KEYS = (  # where a value starts; it ends at its closing quote, or a sep
     r"(?<![\w.:-])[\w.:-]{0,64}?" + _SECRET_KEY + r"\s*=\s*[\"']",  # XML
     r"(?<![\w.:-])[\w.:-]{0,64}?" + _SECRET_KEY + r"=(?=[^\s&\"'<>;,])",  # a query string
 )
-_QUERY_VALUE_END = re.compile(r"[\s&\"'<>;,]")
+_QUERY_VALUE_END = r"[\s&\"'<>;,]"
 # A literal stretch shorter than this, between escapes, joins them in one
 # span: a view of a text full of escapes then keeps few spans, at the cost of
 # masking a little more around a secret found there.
@@ -1472,7 +1484,7 @@ def _secret_values(text: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
             elif kind == 1:
                 end = text.find(text[start - 1], start)
             else:
-                after = _QUERY_VALUE_END.search(text, start)
+                after = re.compile(_QUERY_VALUE_END).search(text, start)
                 end = after.start() if after else -1
             end = len(text) if end < 0 else end
             spans.append((match.span(), (start, end)))
@@ -1520,12 +1532,13 @@ def _secret_forms(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile("|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True)), re.IGNORECASE)
 
 
-_GAPS = re.compile(r"[\s\x00]+")
+# Kept as text, like _ESCAPES: only masking uses them.
+_GAPS = r"[\s\x00]+"
 # Markup a reader would not see: comments (which may hold < and >), then tags
 # (whose quoted attribute values may).
-_TAGS = re.compile(r"<!--.*?-->|<(?:[^<>\"']|\"[^\"]*\"|'[^']*')*>", re.DOTALL)
-_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{8,}")
-_HEX_RUN = re.compile(r"(?:[0-9a-fA-F]{2}){4,}")
+_TAGS = r"(?s)<!--.*?-->|<(?:[^<>\"']|\"[^\"]*\"|'[^']*')*>"
+_BASE64_RUN = r"[A-Za-z0-9+/_-]{8,}"
+_HEX_RUN = r"(?:[0-9a-fA-F]{2}){4,}"
 #: _reveals decodes base64 and hex this many times over (hex of base64, base64 twice...).
 _DECODE_DEPTH = 2
 #: _reveals reads at most this much decoded text; a text that needs more is withheld.
@@ -1545,7 +1558,7 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
         return False
     import html  # noqa: PLC0415 (only shown text is checked)
 
-    untagged = _TAGS.sub("", text.replace("<![CDATA[", "").replace("]]>", ""))
+    untagged = re.sub(_TAGS, "", text.replace("<![CDATA[", "").replace("]]>", ""))
     readings = _readings(text.encode("latin-1", "ignore"))
     if not text.isascii():
         readings += _readings(text.encode("utf-8", "surrogatepass"))
@@ -1558,13 +1571,13 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
         for candidate in dict.fromkeys(candidates):
             candidate_views = views if views and candidate is text else _views(candidate)
             for view in candidate_views:
-                joined = _GAPS.sub("", view.text)
+                joined = re.sub(_GAPS, "", view.text)
                 folded = joined.casefold()
                 if any(secret in folded for secret in wanted):
                     return True
                 if depth < _DECODE_DEPTH:
-                    runs.update(_BASE64_RUN.findall(joined))
-                    runs.update(_HEX_RUN.findall(joined))
+                    runs.update(re.findall(_BASE64_RUN, joined))
+                    runs.update(re.findall(_HEX_RUN, joined))
             if len(candidate_views) > _UNESCAPE_PASSES:
                 return True  # escaped more times over than the views undo: withheld, to be safe
         budget -= 4 * sum(map(len, runs))  # each run is read four ways
@@ -1577,7 +1590,7 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
 @functools.lru_cache(maxsize=16)
 def _wanted(secrets: tuple[str, ...]) -> frozenset[str]:
     """What _reveals looks for: each secret's views, without gaps and case, and its hex."""
-    wanted = {_GAPS.sub("", view.text).casefold() for secret in secrets if secret for view in _views(secret)}
+    wanted = {re.sub(_GAPS, "", view.text).casefold() for secret in secrets if secret for view in _views(secret)}
     wanted |= {secret.encode("utf-8", "surrogatepass").hex() for secret in secrets if secret}
     wanted.discard("")
     return frozenset(wanted)
@@ -1606,7 +1619,7 @@ def _decoded(run: str) -> list[str]:
     for start in range(2):
         chunk = run[start:]
         chunk = chunk[: len(chunk) // 2 * 2]
-        if _HEX_RUN.fullmatch(chunk):
+        if re.fullmatch(_HEX_RUN, chunk):
             texts += _readings(bytes.fromhex(chunk))
     return texts
 
@@ -1652,7 +1665,7 @@ _MAX_NODES = 10_000
 _MAX_STRINGS = 100_000
 # Plex documents are shallow; anything deeper is hostile or broken.
 _MAX_XML_DEPTH = 32
-_LONE_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE_ESCAPE = r"\\u[dD][89a-fA-F]"  # compiled on first use, as _LONE_SURROGATE
 _LONE_SURROGATE = "[\ud800-\udfff]"
 
 
@@ -1666,7 +1679,8 @@ def _text(body: bytes, *, strict: bool) -> str:
             codec, body = name, body[len(mark):]
             break
     else:
-        declared = re.match(_XML_DECLARED, body)
+        # Only an XML declaration names an encoding: a JSON body does not go through the pattern.
+        declared = re.match(_XML_DECLARED, body) if body.lstrip()[:5] == b"<?xml" else None
         if declared:
             codec = _XML_ENCODINGS.get(declared.group(1).strip().lower().decode("ascii", "replace"), "")
             if codec == "utf-16":  # the declaration is readable, so it is not: only a byte-order mark says so
@@ -1697,16 +1711,18 @@ def _parse(body: bytes) -> Any:
 def _parse_text(text: str) -> Any:
     start = text.lstrip(" \t\r\n")[:1]
     if start in ("{", "["):
-        if text.count("{") + text.count("[") > _MAX_NODES:
+        # Counted only in a text long enough to hold that many: each count reads all of it.
+        if len(text) > _MAX_NODES and text.count("{") + text.count("[") > _MAX_NODES:
             raise _Invalid(f"the JSON holds more than {_MAX_NODES} objects and lists")
-        if text.count('"') > 2 * _MAX_STRINGS:  # each string costs 50 to 80 bytes once parsed
+        if len(text) > 2 * _MAX_STRINGS and text.count('"') > 2 * _MAX_STRINGS:  # each string: 50 to 80 bytes parsed
             raise _Invalid(f"the JSON holds more than {_MAX_STRINGS} strings")
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
             position = (exc.lineno, exc.colno)
         else:
-            if "\\u" in text and _LONE_SURROGATE_ESCAPE.search(text):
+            # Most answers hold no backslash at all, which "in" finds quicker than any two characters.
+            if "\\" in text and re.search(_LONE_SURROGATE_ESCAPE, text):
                 doc = _without_surrogates(doc)
             return doc
         raise _Invalid("invalid JSON at line {}, column {}".format(*position))
