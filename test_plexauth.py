@@ -4145,15 +4145,19 @@ def test_cli__source_info(cli: Any, httpserver: HTTPServer, token_env: None) -> 
         (200, "not json", 7),
         (500, "boom", 1),
         (404, "", 1),
+        (502, "", 5),
+        (503, "<html>down for maintenance</html>", 5),
+        (504, "", 5),
     ],
-    ids=["unauthorized", "two-factor", "rate-limited", "unexpected", "server-error", "not-found"],
+    ids=["unauthorized", "two-factor", "rate-limited", "unexpected", "server-error", "not-found", "bad-gateway",
+         "unavailable", "gateway-timeout"],
 )
 def test_cli__exit_codes(
     cli: Any, httpserver: HTTPServer, status: int, body: Any, expected: int, token_env: None
 ) -> None:
     data = body if isinstance(body, str) else json.dumps(body)
     httpserver.expect_request("/api/v2/user").respond_with_data(data, status=status, headers={"Retry-After": "60"})
-    code, out, err = cli("whoami", "--timeout", "5")
+    code, out, err = cli("whoami", "--timeout", "5", "--retries", "0")
     assert (code, out) == (expected, "")
     assert err.startswith("plexauth: error: GET /api/v2/user ")
     assert err.count("\n") == 1  # one line, no traceback
