@@ -70,6 +70,8 @@ __all__ = [
     "UserProfile",
     "UserPlexAccount",
     "Pin",
+    "Resource",
+    "HomeUser",
     # errors
     "PlexAuthError",
     "APIError",
@@ -80,6 +82,7 @@ __all__ = [
     "ResponseError",
     "TransportError",
     "PinExpiredError",
+    "HomePinRequiredError",
     # operations
     "get_transient_token",
     "get_source_connection_information",
@@ -92,6 +95,10 @@ __all__ = [
     "pin_auth_url",
     "ping",
     "sign_out",
+    # the account's servers and Home users
+    "get_resources",
+    "get_home_users",
+    "switch_home_user",
     # command line
     "main",
 ]
@@ -402,6 +409,17 @@ def _token(value: Any) -> str | None:
     return value
 
 
+def _pin_token(value: Any) -> str | None:
+    """A PIN's token: None while pending (null in JSON, "" in XML); any
+    other value that is no usable token makes the answer unusable, not pending."""
+    if value is None or value == "":
+        return None
+    token = _token(value)
+    if token is None:
+        raise _Invalid("'authToken' is not a token that can be sent")
+    return token
+
+
 def _nonempty(value: Any) -> str | None:
     # A PIN's code, an account's uuid: "" is as good as missing.
     return value if isinstance(value, str) and value else None
@@ -517,6 +535,7 @@ class Connection(_Record):
     uri: str | None = _field("uri", _str)
     local: bool | None = _field("local", _bool)
     relay: bool | None = _field("relay", _bool)
+    ipv6: bool | None = _field("IPv6", _bool)
     raw: Mapping[str, Any] = _raw()
 
 
@@ -642,7 +661,65 @@ class Pin(_Record):
     code: str = _field("code", _nonempty, required=True)
     client_identifier: str | None = _field("clientIdentifier", _str)
     expires_at: datetime.datetime | None = _field("expiresAt", _time)
-    auth_token: str | None = _field("authToken", _token, secret=True)
+    auth_token: str | None = _field("authToken", _pin_token, secret=True)
+    raw: Mapping[str, Any] = _raw()
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """plex.tv's comma-separated lists, such as a resource's ``provides``."""
+    text = value if isinstance(value, str) else ""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Resource(_Record):
+    """A server or client the account can use, as plex.tv's resources list
+    gives it, with the server's own ``access_token`` (masked in repr) and the
+    connections that may reach it.  ``owner_id`` is None when the caller owns it."""
+
+    client_identifier: str = _field("clientIdentifier", _nonempty, required=True)
+    name: str | None = _field("name", _str)
+    product: str | None = _field("product", _str)
+    product_version: str | None = _field("productVersion", _str)
+    platform: str | None = _field("platform", _str)
+    platform_version: str | None = _field("platformVersion", _str)
+    device: str | None = _field("device", _str)
+    created_at: datetime.datetime | None = _field("createdAt", _time)
+    last_seen_at: datetime.datetime | None = _field("lastSeenAt", _time)
+    provides: tuple[str, ...] = _field("provides", _names, default=())
+    owner_id: int | None = _field("ownerId", _int)
+    source_title: str | None = _field("sourceTitle", _str)
+    public_address: str | None = _field("publicAddress", _str)
+    access_token: str | None = _field("accessToken", _token, secret=True)
+    owned: bool | None = _field("owned", _bool)
+    home: bool | None = _field("home", _bool)
+    synced: bool | None = _field("synced", _bool)
+    relay: bool | None = _field("relay", _bool)
+    presence: bool | None = _field("presence", _bool)
+    https_required: bool | None = _field("httpsRequired", _bool)
+    public_address_matches: bool | None = _field("publicAddressMatches", _bool)
+    dns_rebinding_protection: bool | None = _field("dnsRebindingProtection", _bool)
+    nat_loopback_supported: bool | None = _field("natLoopbackSupported", _bool)
+    connections: tuple[Connection, ...] = _field("connections", _many(Connection), default=())
+    raw: Mapping[str, Any] = _raw()
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class HomeUser(_Record):
+    """A member of the account's Plex Home.  A ``protected`` one needs the
+    Home PIN to be switched to (``switch_home_user``)."""
+
+    id: int = _field("id", _int, required=True)
+    uuid: str = _field("uuid", _nonempty, required=True)
+    title: str | None = _field("title", _str)
+    username: str | None = _field("username", _str)
+    email: str | None = _field("email", _str)
+    friendly_name: str | None = _field("friendlyName", _str)
+    thumb: str | None = _field("thumb", _str)
+    admin: bool | None = _field("admin", _bool)
+    guest: bool | None = _field("guest", _bool)
+    restricted: bool | None = _field("restricted", _bool)
+    protected: bool | None = _field("protected", _bool)
     raw: Mapping[str, Any] = _raw()
 
 
@@ -731,6 +808,10 @@ class RateLimitedError(APIError):
         return text
 
 
+class HomePinRequiredError(UnauthorizedError):
+    """plex.tv code 1041 (403): the Home user is protected, and the Home PIN was missing or wrong."""
+
+
 class PinExpiredError(PlexAuthError):
     """The PIN is gone: plex.tv no longer knows it (404), it passed its
     ``expires_at``, or the wait for approval timed out.  Create a new one."""
@@ -791,6 +872,7 @@ _READ_ERROR_BODY = 2 * _KEPT_ERROR_BODY
 _MAX_INTERIM_ANSWERS = 8
 
 _CODE_TWO_FACTOR = 1029
+_CODE_HOME_PIN = 1041
 _CODE_RATE_LIMITED = 1003
 
 _pools: dict[bool | str, urllib3.PoolManager] = {}
@@ -1537,6 +1619,7 @@ _GAPS = r"[\s\x00]+"
 # Markup a reader would not see: comments (which may hold < and >), then tags
 # (whose quoted attribute values may).
 _TAGS = r"(?s)<!--.*?-->|<(?:[^<>\"']|\"[^\"]*\"|'[^']*')*>"
+_COMMENTS = r"(?s)<!--.*?-->"
 _BASE64_RUN = r"[A-Za-z0-9+/_-]{8,}"
 _HEX_RUN = r"(?:[0-9a-fA-F]{2}){4,}"
 #: _reveals decodes base64 and hex this many times over (hex of base64, base64 twice...).
@@ -1558,13 +1641,16 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
         return False
     import html  # noqa: PLC0415 (only shown text is checked)
 
-    untagged = re.sub(_TAGS, "", text.replace("<![CDATA[", "").replace("]]>", ""))
+    uncdata = text.replace("<![CDATA[", "").replace("]]>", "")
+    untagged = re.sub(_TAGS, "", uncdata)
+    # A comment inside a quoted attribute is no comment to XML, but it is to a reader who drops comments first.
+    uncommented = re.sub(_COMMENTS, "", uncdata)
     readings = _readings(text.encode("latin-1", "ignore"))
     if not text.isascii():
         readings += _readings(text.encode("utf-8", "surrogatepass"))
     # Texts a reader might make of it; the many made by decoding are looked
     # through as one (a secret split across two of them is withheld too: safe).
-    candidates = [text, html.unescape(text), untagged, "\n".join(readings)]
+    candidates = [text, html.unescape(text), untagged, uncommented, "\n".join(readings)]
     budget = _MAX_DECODED_CHARS
     for depth in range(_DECODE_DEPTH + 1):
         runs: set[str] = set()
@@ -1897,6 +1983,8 @@ def _api_error(answer: _Answer, request: _Request) -> APIError:
     cls: type[APIError] = APIError
     if code == _CODE_TWO_FACTOR:
         cls = TwoFactorRequiredError
+    elif code == _CODE_HOME_PIN:
+        cls = HomePinRequiredError
     elif status == 429 or code == _CODE_RATE_LIMITED:
         cls = RateLimitedError
         wait = _retry_after(answer.headers)
@@ -2365,6 +2453,97 @@ def sign_out(config: Config) -> None:
 
 
 # =============================================================================
+# The account's servers and Home users
+# =============================================================================
+
+
+def _listed(cls: type[_M], wrappers: tuple[str, ...], tags: tuple[str, ...]) -> Callable[[Any], tuple[_M, ...]]:
+    """A decoder of a list of ``cls``: a JSON list (or an object holding one
+    under a key of ``tags``), or XML whose root (one of ``wrappers``) holds
+    elements named by ``tags`` (the XML twin of ``<resources><resource/>``
+    is already a list)."""
+
+    def build(doc: Any) -> tuple[_M, ...]:
+        for wrapper in wrappers:
+            if isinstance(doc, dict) and len(doc) == 1 and isinstance(doc.get(wrapper), (dict, list)):
+                doc = doc[wrapper]
+        if isinstance(doc, dict):
+            found = [doc[tag] for tag in tags if tag in doc]
+            if not found:
+                raise _Invalid(f"no {' or '.join(repr(tag) for tag in tags)} list")
+            doc = _items(found[0])
+        return tuple(_build(cls, item) for item in doc)
+
+    return build
+
+
+_resources = _listed(Resource, ("resources", "MediaContainer"), ("resource", "Device"))
+_home_users = _listed(HomeUser, ("home", "MediaContainer"), ("users", "user", "User"))
+
+
+def get_resources(config: Config, *, include_https: bool = True, include_relay: bool = True,
+                  include_ipv6: bool = False) -> tuple[Resource, ...]:
+    """The servers and clients the account behind ``config.token`` can use,
+    in plex.tv's order, each with its own access token and connections.
+
+    Raises ``UnauthorizedError``, ``RateLimitedError``, ``APIError``,
+    ``ResponseError`` or ``TransportError``.
+
+    Example::
+
+        servers = [r for r in get_resources(config) if "server" in r.provides]
+        print([(s.name, [c.uri for c in s.connections]) for s in servers])
+    """
+    flags = (("includeHttps", include_https), ("includeRelay", include_relay), ("includeIPv6", include_ipv6))
+    query = {key: "1" if _check_flag(name, value) else "0"
+             for (key, value), name in zip(flags, ("include_https", "include_relay", "include_ipv6"))}
+    return _call(config, "GET", "/resources", _resources, on_server=False, query=query)
+
+
+def get_home_users(config: Config) -> tuple[HomeUser, ...]:
+    """The members of the Plex Home of the account behind ``config.token``.
+
+    Raises ``UnauthorizedError``, ``RateLimitedError``, ``APIError``,
+    ``ResponseError`` or ``TransportError``.
+
+    Example::
+
+        for user in get_home_users(config):
+            print(user.title, "(PIN)" if user.protected else "")
+    """
+    return _call(config, "GET", "/home/users", _home_users, on_server=False)
+
+
+def _switched(doc: Any) -> str:
+    return _build(UserPlexAccount, _unwrap(doc, "user")).auth_token
+
+
+def switch_home_user(config: Config, user: HomeUser, *, pin: str | None = None) -> str:
+    """The plex.tv token of Home user ``user``, opened with the owner's
+    ``config.token``; ``pin`` is the Home PIN (4 digits) of a protected user.
+
+    The PIN travels only in the query of this one request, as plex.tv asks,
+    and never appears in a repr, exception or log line.  Sent once, never
+    retried.  Raises ``HomePinRequiredError`` (code 1041) when the PIN is
+    missing or wrong, ``UnauthorizedError``, ``APIError``, ``ResponseError``
+    or ``TransportError``.
+
+    Example::
+
+        kid = next(u for u in get_home_users(config) if u.title == "Kid")
+        token = switch_home_user(config, kid, pin="1234")
+        servers = get_resources(dataclasses.replace(config, token=token))
+    """
+    if not isinstance(user, HomeUser):
+        raise TypeError(f"user must be a plexauth.HomeUser (from get_home_users), not {type(user).__name__}")
+    if pin is not None and not (isinstance(pin, str) and len(pin) == 4 and pin.isascii() and pin.isdigit()):
+        raise ValueError("pin must be the Home PIN: 4 digits as text")  # never the value: it is a secret
+    path = f"/home/users/{urllib.parse.quote(_check_text('user.uuid', user.uuid), safe='')}/switch"
+    return _call(config, "POST", path, _switched, minted="user", on_server=False,
+                 query={"pin": pin} if pin else None, secrets=(pin or "",))
+
+
+# =============================================================================
 # Command line
 # =============================================================================
 
@@ -2423,7 +2602,9 @@ def _exit_code(exc: PlexAuthError) -> int:
 
 
 def _kept_path(name: str) -> str:
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    base = os.environ.get("XDG_CONFIG_HOME", "")
+    if not os.path.isabs(base):  # unset, empty or relative: ignored, as the XDG specification says
+        base = os.path.join(os.path.expanduser("~"), ".config")
     return os.path.join(base, "plexauth", name)
 
 
@@ -2470,7 +2651,7 @@ def _check_private(path: str, *, folder: bool = False, fd: int | None = None) ->
     token or device."""
     import stat  # noqa: PLC0415 (only kept files need it)
 
-    status = os.fstat(fd) if fd is not None else os.stat(path) if folder else os.lstat(path)
+    status = os.fstat(fd) if fd is not None else os.lstat(path)  # a link is refused, never followed
     kind = "folder" if folder else "file"
     wrong = None
     if not (stat.S_ISDIR(status.st_mode) if folder else stat.S_ISREG(status.st_mode)):
@@ -2486,7 +2667,7 @@ def _check_private(path: str, *, folder: bool = False, fd: int | None = None) ->
 
 def _refuse(path: str, wrong: str, kind: str = "file") -> NoReturn:
     remedy = {"client-id": ", or set PLEX_CLIENT_IDENTIFIER", _LOGIN_FILE: " and run plexauth login"}
-    hint = ", or chmod 700 it" if kind == "folder" else remedy.get(os.path.basename(path), "")
+    hint = remedy.get(os.path.basename(path), "") if kind == "file" else ", or chmod 700 it" if "mode" in wrong else ""
     raise _UsageError(f"refusing the kept {kind} {path}: it is {wrong}; remove it{hint}")
 
 
@@ -2524,7 +2705,7 @@ def _kept_client_identifier() -> str:
             return kept
         made = _new_client_identifier()
         _private_folder(path)
-        _write_private(path, made, replace=False)
+        _write_private(path, made, replace=os.path.lexists(path))  # a blank file is replaced
         return _read_kept(path) or made  # this run's, or that of another run that wrote it first
     except OSError as exc:
         # A read-only home still works, but plex.tv sees a new device each run.
@@ -2563,7 +2744,11 @@ def _kept_login() -> tuple[str, str | None] | None:
 
 def _keep_login(config: Config, token: str, how: str) -> str:
     path = _kept_path(_LOGIN_FILE)
-    _write_private(path, json.dumps({"token": token, "client_identifier": config.client_identifier, "how": how}))
+    text = json.dumps({"token": token, "client_identifier": config.client_identifier, "how": how})
+    if len(text.encode()) > _MAX_KEPT_BYTES:  # it could not be read back
+        raise OSError(errno.EFBIG, "the token is too long to keep")
+    _private_folder(path)  # again, just before writing: the folder may have changed during the sign-in
+    _write_private(path, text)
     return path
 
 
@@ -2572,8 +2757,10 @@ def _keep_login(config: Config, token: str, how: str) -> str:
 # -----------------------------------------------------------------------------
 
 
-def _say(message: str) -> None:
-    print(f"plexauth: {message}", file=sys.stderr, flush=True)
+def _say(*lines: str) -> None:
+    """Tell the user on stderr (nowhere, if it is closed)."""
+    with contextlib.suppress(OSError):
+        _emit(sys.stderr, "\n".join(["plexauth: " + lines[0], *lines[1:]]))
 
 
 def _stdin_is_tty() -> bool:
@@ -2613,19 +2800,23 @@ def _cli_token(args: Any) -> tuple[str, str]:
     """The token to use and where it came from: --token-file, then
     PLEX_TOKEN_FILE, then PLEX_TOKEN, then the kept login."""
     path = getattr(args, "token_file", None)
-    if path or os.environ.get("PLEX_TOKEN_FILE"):
-        where = f"--token-file {path}" if path else f"PLEX_TOKEN_FILE ({os.environ['PLEX_TOKEN_FILE']})"
-        token = _read_file(path or os.environ["PLEX_TOKEN_FILE"], "token").strip()
+    if path is not None or os.environ.get("PLEX_TOKEN_FILE"):
+        where = f"--token-file {path}" if path is not None else f"PLEX_TOKEN_FILE ({os.environ['PLEX_TOKEN_FILE']})"
+        token = _read_file(path or os.environ.get("PLEX_TOKEN_FILE") or "", "token").strip()
         if not token:
             raise _UsageError(f"the token from {where} is empty")
-        return token, where
-    if os.environ.get("PLEX_TOKEN"):
-        return os.environ["PLEX_TOKEN"], "PLEX_TOKEN"
-    kept = _kept_login()
-    if kept is None:
-        raise _UsageError("no token: run plexauth login, or set PLEX_TOKEN_FILE or PLEX_TOKEN, or use --token-file")
-    args.kept_owner = kept[1]
-    return kept[0], f"the kept login ({_kept_path(_LOGIN_FILE)})"
+    elif os.environ.get("PLEX_TOKEN"):
+        token, where = os.environ["PLEX_TOKEN"], "PLEX_TOKEN"
+    else:
+        kept = _kept_login()
+        if kept is None:
+            raise _UsageError("no token: run plexauth login, or set PLEX_TOKEN_FILE or PLEX_TOKEN, or use --token-file")
+        (token, args.kept_owner), where = kept, f"the kept login ({_kept_path(_LOGIN_FILE)})"
+    try:  # what no header can carry is no token, for `token` as for the commands that send it
+        _check_text(f"the token from {where}", token, secret=True, header=True)
+    except (TypeError, ValueError) as exc:
+        raise _UsageError(str(exc)) from None
+    return token, where
 
 
 def _ask(prompt: str, what: str, *, hidden: bool = False) -> str:
@@ -2708,9 +2899,9 @@ def _pin_sign_in(args: Any, config: Config) -> str:
     pin = create_pin(config, strong=args.oauth)
     until = f" (waiting up to {wait:g} s)"
     if args.oauth:
-        _say(f"open this address in a browser and sign in{until}:\n{pin_auth_url(config, pin)}")
+        _say(f"open this address in a browser and sign in{until}:", pin_auth_url(config, pin))
     else:
-        _say(f"go to {_LINK_URL} and enter the code {pin.code}{until}")
+        _say(f"go to {_LINK_URL} and enter the code {_printable(pin.code)}{until}")
     return wait_for_pin(config, pin, timeout=wait)
 
 
@@ -2719,8 +2910,8 @@ def _hand_over(config: Config, token: str, deliver: Callable[[], None], what: st
     fails, revoke it rather than leave a working token that nobody has."""
     try:
         deliver()
-    except (OSError, ValueError) as exc:  # ValueError: standard output is closed
-        why = getattr(exc, "strerror", None) or type(exc).__name__
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
         try:
             sign_out(dataclasses.replace(config, token=token))
         except PlexAuthError:
@@ -2769,18 +2960,41 @@ def _show(args: Any, data: dict[str, Any], lines: list[str]) -> None:
             return {key: shown(item) for key, item in value.items()}
         return [shown(item) for item in value] if isinstance(value, list) else value
 
-    # Each string on its own, before JSON escapes multiply it.
-    _emit(sys.stdout, json.dumps(shown(data), indent=2, default=str) if args.json else "\n".join(shown(lines)))
+    # Each string on its own, before JSON escapes multiply it; JSON escapes control characters itself.
+    _emit(sys.stdout, json.dumps(shown(data), indent=2, default=str) if args.json
+          else "\n".join(_printable(line) for line in shown(lines)))
+
+
+class _Unwritable(OSError):
+    """Standard output or error is closed, full or gone."""
 
 
 def _emit(stream: Any, text: str) -> None:
-    """Write a line that a terminal of any encoding can take."""
+    """Write a line that a terminal of any encoding can take; _Unwritable
+    when it cannot be written (closed: ``>&-``, full, a broken pipe)."""
     try:
-        stream.write(text + "\n")
-    except UnicodeEncodeError:
-        encoding = getattr(stream, "encoding", None) or "utf-8"
-        stream.write((text + "\n").encode(encoding, "backslashreplace").decode(encoding))
-    stream.flush()
+        if stream is None:  # started with the stream closed
+            raise _Unwritable(errno.EBADF, "it is closed")
+        try:
+            stream.write(text + "\n")
+        except UnicodeEncodeError:
+            encoding = getattr(stream, "encoding", None) or "utf-8"
+            stream.write((text + "\n").encode(encoding, "backslashreplace").decode(encoding))
+        stream.flush()
+    except (OSError, ValueError) as exc:  # ValueError: closed while running
+        if isinstance(exc, _Unwritable):
+            raise
+        raise _Unwritable(getattr(exc, "errno", None) or errno.EBADF,
+                          getattr(exc, "strerror", None) or "it is closed") from None
+
+
+#: What a server sent may hold terminal escapes (ESC, CR, BEL...) that would
+#: forge or hide lines; the command line shows them as \x.. escapes.
+_UNPRINTABLE = "[\x00-\x1f\x7f-\x9f]"
+
+
+def _printable(text: str) -> str:
+    return re.sub(_UNPRINTABLE, lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
 def _account_summary(account: UserPlexAccount) -> tuple[dict[str, Any], list[str]]:
@@ -2858,7 +3072,11 @@ def _config(args: Any, *, token: bool = True) -> Config:
             text = text.replace(f"Config.{field}", label)
         raise _UsageError(text) from None
     if "client_identifier" not in values:  # made and kept only once the rest is known to be right
-        config = dataclasses.replace(config, client_identifier=_kept_client_identifier())
+        try:
+            config = dataclasses.replace(config, client_identifier=_kept_client_identifier())
+        except ValueError as exc:
+            where = f"the client identifier kept in {_kept_path('client-id')}"
+            raise _UsageError(f"{str(exc).replace('Config.client_identifier', where)}; remove it") from None
     return config
 
 
@@ -2877,12 +3095,25 @@ def _cmd_login(args: Any) -> int:
     except OSError as exc:
         raise _UsageError(f"cannot keep the login in {os.path.dirname(_kept_path(_LOGIN_FILE))} "
                           f"({exc.strerror}); see plexauth --help") from None
+    try:
+        replaced = _kept_login()
+    except _UsageError:  # one that cannot be read is replaced, not revoked
+        replaced = None
     how = "password" if args.password else "pin"
     token = _password_sign_in(args, config).auth_token if args.password else _pin_sign_in(args, config)
     kept: list[str] = []
     _hand_over(config, token, lambda: kept.append(_keep_login(config, token, how)),
                f"keep the new token in {_kept_path(_LOGIN_FILE)}")
     _say(f"logged in: the token is kept in {kept[0]}; plexauth status shows the account")
+    if replaced is not None and replaced[0] != token:
+        # The token it replaces would otherwise keep working with nobody holding it.
+        try:
+            sign_out(dataclasses.replace(config, token=replaced[0],
+                                         client_identifier=replaced[1] or config.client_identifier))
+        except (UnauthorizedError, ValueError):
+            pass  # dead already, or never a token that could be sent
+        except PlexAuthError as exc:
+            _say(f"warning: the token kept before could not be revoked ({exc}); remove the device in the Plex app")
     return 0
 
 
@@ -2912,8 +3143,13 @@ def _cmd_logout(args: Any) -> int:
     except UnauthorizedError:
         said = "the token was not accepted already"
     if args.token_source.startswith("the kept login"):
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(_kept_path(_LOGIN_FILE))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _Exit(f"{said}, but {_kept_path(_LOGIN_FILE)} could not be removed ({exc.strerror}); "
+                        "remove it") from None
         said += f"; {_kept_path(_LOGIN_FILE)} is removed"
     _say(f"logged out: {said}")
     return 0
@@ -3145,6 +3381,8 @@ def _explained(exc: Exception, verbose: bool) -> tuple[int, str]:
     """The exit code and the one line that tell what went wrong."""
     if isinstance(exc, _Exit):
         return exc.code, str(exc)
+    if isinstance(exc, _Unwritable):
+        return 1, f"cannot write to standard output ({exc.strerror})"
     if isinstance(exc, PlexAuthError):
         return _exit_code(exc), str(exc)
     # A bug, or something not foreseen: its text may hold anything, so only its kind.

@@ -9,10 +9,10 @@ needed); ``test_readme__guarantees_name_real_tests`` fails if a name here is
 not a test or a figure differs from the suite's. ``.ci/run`` runs them all on
 urllib3 1.26 and 2.x.
 
-- **Any answer**: for 1 000 generated answers per operation in CI (8 000 in
-  all, for the 8 operations that talk HTTP; 150 per operation in a local
+- **Any answer**: for 1 000 generated answers per operation in CI (11 000 in
+  all, for the 11 operations that talk HTTP; 150 per operation in a local
   run), an operation returns its model (``None`` for ``ping`` and
-  ``sign_out``) or raises a ``PlexAuthError``, and nothing else escapes. The answers vary the
+  ``sign_out``, a tuple for the lists) or raises a ``PlexAuthError``, and nothing else escapes. The answers vary the
   status (200-599), ``Content-Type``, ``Retry-After``, ``Location`` and
   ``Content-Encoding``, and the body: random JSON, right-shaped documents with
   one value of any type, every value ``null``, random XML, XML in UTF-16 or
@@ -179,6 +179,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime
+import errno
 import functools
 import html
 import http
@@ -238,6 +239,9 @@ CANARIES = (
     TOKEN, PASSWORD, CODE, AUTH_TOKEN, TRANSIENT, ACCESS_TOKEN, SERVICE_TOKEN, SERVICE_SECRET, PIN_TOKEN, "CANARY"
 )
 
+# A Home PIN is 4 digits: too short a canary for every output (a port or a time may hold
+# it), so the tests of switch_home_user look for it where the PIN could leak.
+HOME_PIN = "8362"
 CLIENT_ID = "test-client-0001"
 # plex.tv's answer to a sign-in that needs (or got a wrong) verification code.
 TWO_FACTOR = {"errors": [{"code": 1029, "message": "Please enter the verification code"}]}
@@ -375,6 +379,50 @@ ACCOUNT_XML = f"""<?xml version="1.0" encoding="UTF-8"?>
   <pastSubscriptions/>
 </user>
 """
+
+# plex.tv's resources list (GET /api/v2/resources), as public clients' fixtures show it.
+RESOURCES = [
+    {
+        "name": "Living Room", "product": "Plex Media Server", "productVersion": "1.40.1.8227", "platform": "Linux",
+        "platformVersion": "6.1", "device": "PC", "clientIdentifier": "0123456789abcdef",
+        "createdAt": "2019-04-26T12:32:20Z", "lastSeenAt": "2026-11-30T08:00:00Z", "provides": "server,sync",
+        "ownerId": None, "sourceTitle": None, "publicAddress": "198.51.100.7", "accessToken": ACCESS_TOKEN,
+        "owned": True, "home": False, "synced": False, "relay": True, "presence": True, "httpsRequired": True,
+        "publicAddressMatches": True, "dnsRebindingProtection": False, "natLoopbackSupported": False,
+        "connections": [
+            {"protocol": "https", "address": "192.0.2.10", "port": 32400,
+             "uri": "https://192-0-2-10.abc.plex.direct:32400", "local": True, "relay": False, "IPv6": False},
+            {"protocol": "https", "address": "2001:db8::10", "port": 32400,
+             "uri": "https://2001-db8--10.abc.plex.direct:32400", "local": False, "relay": False, "IPv6": True},
+        ],
+    },
+    {"name": "Phone", "product": "Plex for Android", "clientIdentifier": "phone-1", "provides": "client,player",
+     "ownerId": 99, "sourceTitle": "friend", "owned": False, "connections": []},
+]
+RESOURCES_XML = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<resources size="2">'
+    '<resource name="Living Room" product="Plex Media Server" productVersion="1.40.1.8227" platform="Linux" '
+    'platformVersion="6.1" device="PC" clientIdentifier="0123456789abcdef" createdAt="2019-04-26T12:32:20Z" '
+    'lastSeenAt="2026-11-30T08:00:00Z" provides="server,sync" publicAddress="198.51.100.7" '
+    f'accessToken="{ACCESS_TOKEN}" owned="1" home="0" synced="0" relay="1" presence="1" httpsRequired="1" '
+    'publicAddressMatches="1" dnsRebindingProtection="0" natLoopbackSupported="0"><connections>'
+    '<connection protocol="https" address="192.0.2.10" port="32400" uri="https://192-0-2-10.abc.plex.direct:32400" '
+    'local="1" relay="0" IPv6="0"/>'
+    '<connection protocol="https" address="2001:db8::10" port="32400" '
+    'uri="https://2001-db8--10.abc.plex.direct:32400" local="0" relay="0" IPv6="1"/>'
+    '</connections></resource>'
+    '<resource name="Phone" product="Plex for Android" clientIdentifier="phone-1" provides="client,player" '
+    'ownerId="99" sourceTitle="friend" owned="0"><connections/></resource></resources>'
+)
+HOME_USERS = {
+    "id": 1, "name": "Home", "users": [
+        {"id": 1, "uuid": "owner-uuid-0001", "title": "Owner", "username": "owner", "email": "owner@example.com",
+         "friendlyName": "", "thumb": "https://plex.tv/users/owner/avatar", "admin": True, "guest": False,
+         "restricted": False, "protected": True},
+        {"id": 2, "uuid": "kid-uuid-0001", "title": "Kid", "username": "", "email": None, "admin": False,
+         "guest": False, "restricted": True, "protected": True},
+    ],
+}
 
 SOURCE = {
     "MediaContainer": {
@@ -590,6 +638,10 @@ OPS = [
     Op("pin-check", "GET", "/api/v2/pins/7", lambda c: plexauth.check_pin(c, Pin(id=7, code="ABCD"))),
     Op("ping", "GET", "/api/v2/ping", plexauth.ping),
     Op("signout", "DELETE", "/api/v2/users/signout", plexauth.sign_out),
+    Op("resources", "GET", "/api/v2/resources", plexauth.get_resources),
+    Op("home-users", "GET", "/api/v2/home/users", plexauth.get_home_users),
+    Op("switch", "POST", "/api/v2/home/users/kid-uuid-0001/switch",
+       lambda c: plexauth.switch_home_user(c, plexauth.HomeUser(id=2, uuid="kid-uuid-0001"), pin=HOME_PIN)),
 ]
 # Their 2xx status is the whole answer: the body is not read.
 STATUS_ONLY = ["ping", "signout"]
@@ -668,6 +720,7 @@ class FakePlexTV:
         self.checks = 0
         self.tokens = {TOKEN}
         self.used: list[tuple[str, str]] = []
+        self.failing: set[str] = set()  # tokens whose requests plex.tv answers 503
         server.expect_request(re.compile(r"/api/v2/(pins.*|ping|users/signout|user)$")).respond_with_handler(self.handle)
 
     def handle(self, request: Any) -> Any:
@@ -693,6 +746,8 @@ class FakePlexTV:
             return self.pin(pin_id, PIN_TOKEN if approved else None, 200)
         token = request.headers.get("X-Plex-Token")
         self.used.append((token, client))
+        if token in self.failing:
+            return Response("", status=503)
         if token not in self.tokens:
             body = {"errors": [{"code": 1001, "message": "User could not be authenticated", "status": 401}]}
             return Response(json.dumps(body), status=401, content_type="application/json")
@@ -1244,6 +1299,9 @@ calls = {
     "pin-check": lambda c: plexauth.check_pin(c, pin),
     "ping": plexauth.ping,
     "signout": plexauth.sign_out,
+    "resources": plexauth.get_resources,
+    "home-users": plexauth.get_home_users,
+    "switch": lambda c: plexauth.switch_home_user(c, plexauth.HomeUser(id=2, uuid="kid-uuid-0001")),
 }
 for name in calls:  # everything a call may load and make, loaded and made before the limit
     try:
@@ -1579,13 +1637,13 @@ def test_dataclass__config_and_models_are_frozen_dataclasses() -> None:
     assert str(inspect.signature(plexauth.Connection)) == (
         "(protocol: 'str | None' = None, address: 'str | None' = None, port: 'int | None' = None, "
         "uri: 'str | None' = None, local: 'bool | None' = None, relay: 'bool | None' = None, "
-        "raw: 'Mapping[str, Any]' = <factory>) -> None"
+        "ipv6: 'bool | None' = None, raw: 'Mapping[str, Any]' = <factory>) -> None"
     )
     if sys.version_info >= (3, 10):  # dataclasses make __match_args__ from 3.10 on
         assert Config.__match_args__[:2] == ("client_identifier", "token")
     connection = plexauth.Connection(protocol="http", port=32400)
     assert dataclasses.asdict(connection) == {"protocol": "http", "address": None, "port": 32400, "uri": None,
-                                              "local": None, "relay": None, "raw": {}}
+                                              "local": None, "relay": None, "ipv6": None, "raw": {}}
     config = Config(CLIENT_ID, token=TOKEN)
     assert pickle.loads(pickle.dumps(config)) == config
     if sys.version_info >= (3, 13):
@@ -2259,12 +2317,16 @@ def test_errors__plex_tv_bodies(
 )
 def test_errors__undecodable_2xx(httpserver: HTTPServer, config: Config, op: Op, body: bytes, reason: str) -> None:
     expect(httpserver, op).respond_with_data(body, status=201 if op.method == "POST" else 200)
+    if op.name in ("resources", "home-users") and body.startswith(b'{"MediaContainer"'):
+        assert op.call(config) == ()  # an empty list, in plex.tv's older wrapper
+        return
     with raises(ResponseError) as info:
         op.call(config)
     assert str(info.value).startswith(f"{op.method} {op.path} answered 20")
-    if reason == "missing":  # what is missing: the container of a server's answer, else the model's id
-        on_server = op.path.startswith("/security")
-        reason = "'MediaContainer' is missing" if on_server else "'id' is missing or has the wrong type"
+    if reason == "missing":  # what is missing: the container of a server's answer, the list, or the model's id
+        reason = {"resources": "no 'resource' or 'Device' list", "home-users": "no 'users' or 'user' or 'User' list",
+                  }.get(op.name, "'MediaContainer' is missing" if op.path.startswith("/security")
+                        else "'id' is missing or has the wrong type")
     assert info.value.reason == reason
 
 
@@ -2427,7 +2489,8 @@ def test_retries__absurd_retry_after_is_not_waited_for(httpserver: HTTPServer, c
 @pytest.mark.parametrize("op", GET_OPS, ids=repr)
 def test_retries__get_succeeds_after_503_and_429(httpserver: HTTPServer, config: Config, op: Op) -> None:
     body = {"/security/token": {"MediaContainer": {"token": TRANSIENT}}, "/security/resources": SOURCE,
-            "/api/v2/user": ACCOUNT, "/api/v2/pins/7": {"id": 7, "code": "ABCD"}, "/api/v2/ping": {}}[op.path]
+            "/api/v2/user": ACCOUNT, "/api/v2/pins/7": {"id": 7, "code": "ABCD"}, "/api/v2/ping": {},
+            "/api/v2/resources": RESOURCES, "/api/v2/home/users": HOME_USERS}[op.path]
     # Ordered handlers answer first, in turn; then the permanent one.
     httpserver.expect_ordered_request(op.path).respond_with_data("", status=503, headers={"Retry-After": "0"})
     httpserver.expect_ordered_request(op.path).respond_with_data("", status=429, headers={"Retry-After": "0"})
@@ -2901,7 +2964,9 @@ def test_property__any_answer_gives_model_or_plexauth_error(scripted_server: Any
         if op.name in STATUS_ONLY:
             assert result is None
         else:
-            assert isinstance(result, (str, plexauth.SourceConnectionInformation, plexauth.UserPlexAccount, Pin))
+            assert isinstance(result, (str, plexauth.SourceConnectionInformation, plexauth.UserPlexAccount, Pin, tuple))
+            if isinstance(result, tuple):  # a list of resources or Home users
+                assert all(isinstance(item, (plexauth.Resource, plexauth.HomeUser)) for item in result)
     if error is not None:
         # The secrets this request sent, and those a server puts under secret keys.
         sent = (TOKEN, PASSWORD, CODE) if op.name == "signin" else (TOKEN,)
@@ -3776,14 +3841,21 @@ def test_cli__unexpected_failures_are_one_line_without_v(
     cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, token_env: None
 ) -> None:
     httpserver.expect_request("/api/v2/user").respond_with_json(ACCOUNT)
-    closed = io.StringIO()
-    closed.close()
-    monkeypatch.setattr(sys, "stdout", closed)  # `plexauth whoami >&-`
-    assert cli("whoami") == (1, "", "plexauth: error: unexpected ValueError; run again with -v to see where\n")
+    class Odd(io.StringIO):  # a stream that fails in a way nothing foresees
+        def write(self, text: str) -> int:
+            raise RuntimeError(TOKEN)
+
+    monkeypatch.setattr(sys, "stdout", Odd())
+    assert cli("whoami") == (1, "", "plexauth: error: unexpected RuntimeError; run again with -v to see where\n")
     code, _, err = cli("-v", "whoami")
     assert code == 1
-    assert "Traceback (most recent call last)" in err
-    assert err.endswith("plexauth: error: unexpected ValueError\n")
+    assert "Traceback (most recent call last)" in err  # masked: the cli fixture finds no TOKEN in it
+    assert err.endswith("plexauth: error: unexpected RuntimeError\n")
+    closed = io.StringIO()
+    closed.close()
+    for stdout in (closed, None):  # `plexauth whoami >&-`, while running or from the start
+        monkeypatch.setattr(sys, "stdout", stdout)
+        assert cli("whoami") == (1, "", "plexauth: error: cannot write to standard output (it is closed)\n")
 
 
 def test_cli__output_fits_a_terminal_of_any_encoding(httpserver: HTTPServer, tmp_path: Any) -> None:
@@ -3931,10 +4003,11 @@ def test_cli__a_token_that_cannot_be_printed_is_revoked(cli: Any, httpserver: HT
     monkeypatch.setenv("PLEX_PASSWORD", PASSWORD)
     closed = io.StringIO()
     closed.close()
-    monkeypatch.setattr(sys, "stdout", closed)  # `plexauth sign-in >&-`
+    # `plexauth sign-in >&-`: closed while running, or from the start (sys.stdout is then None).
+    monkeypatch.setattr(sys, "stdout", closed if "--json" in command else None)
     code, _, err = cli(*command)
     assert code == 1
-    assert err.endswith("plexauth: error: cannot print the new token (ValueError); it was revoked, so that no "
+    assert err.endswith("plexauth: error: cannot print the new token (it is closed); it was revoked, so that no "
                         "working token is left behind; sign in again\n")
     assert plex_tv.tokens == ({PIN_TOKEN} if command[0] == "sign-in" else {AUTH_TOKEN})
 
@@ -4439,6 +4512,108 @@ def test_cli__sign_in_on_a_real_terminal(httpserver: HTTPServer, tmp_path: Any) 
 
 
 # ===========================================================================
+# Tests: the account's servers and Home users
+# ===========================================================================
+
+
+@pytest.mark.parametrize(("body", "content_type"), [(json.dumps(RESOURCES), "application/json"),
+                                                    (RESOURCES_XML, "application/xml")], ids=["json", "xml"])
+def test_resources__exact_request_and_decoded(httpserver: HTTPServer, config: Config, body: str,
+                                              content_type: str) -> None:
+    httpserver.expect_request("/api/v2/resources", method="GET").respond_with_data(body, content_type=content_type)
+    server, phone = plexauth.get_resources(config)
+    (request,) = requests_seen(httpserver)
+    assert request.args.to_dict() == {"includeHttps": "1", "includeRelay": "1", "includeIPv6": "0"}
+    assert request.headers["X-Plex-Token"] == TOKEN
+    utc = datetime.timezone.utc
+    assert (server.name, server.client_identifier, server.provides, server.owner_id, server.owned) == (
+        "Living Room", "0123456789abcdef", ("server", "sync"), None, True)
+    assert (server.created_at, server.last_seen_at) == (datetime.datetime(2019, 4, 26, 12, 32, 20, tzinfo=utc),
+                                                        datetime.datetime(2026, 11, 30, 8, 0, tzinfo=utc))
+    assert (server.access_token, server.https_required, server.relay, server.nat_loopback_supported) == (
+        ACCESS_TOKEN, True, True, False)
+    local, ipv6 = server.connections
+    assert (local.uri, local.local, local.ipv6, ipv6.ipv6, ipv6.port) == (
+        "https://192-0-2-10.abc.plex.direct:32400", True, False, True, 32400)
+    assert (phone.provides, phone.owner_id, phone.owned, phone.connections) == (("client", "player"), 99, False, ())
+    assert ACCESS_TOKEN not in repr(server)
+    assert "access_token='***'" in repr(server)
+    plexauth.get_resources(config, include_https=False, include_relay=False, include_ipv6=True)
+    assert requests_seen(httpserver)[1].args.to_dict() == {"includeHttps": "0", "includeRelay": "0",
+                                                           "includeIPv6": "1"}
+    with pytest.raises(TypeError, match="include_ipv6 must be a bool"):
+        plexauth.get_resources(config, include_ipv6=1)  # type: ignore[arg-type]
+
+
+def test_resources__json_and_xml_decode_equal(httpserver: HTTPServer, config: Config) -> None:
+    httpserver.expect_oneshot_request("/api/v2/resources").respond_with_json(RESOURCES)
+    httpserver.expect_oneshot_request("/api/v2/resources").respond_with_data(RESOURCES_XML)
+    assert plexauth.get_resources(config) == plexauth.get_resources(config)
+
+
+def test_resources__one_without_a_client_identifier_is_a_response_error(httpserver: HTTPServer,
+                                                                        config: Config) -> None:
+    httpserver.expect_request("/api/v2/resources").respond_with_json([{"name": "x"}])
+    with raises(ResponseError) as info:
+        plexauth.get_resources(config)
+    assert info.value.reason == "'clientIdentifier' is missing or has the wrong type"
+
+
+@pytest.mark.parametrize("xml", [False, True], ids=["json", "xml"])
+def test_home_users__listed(httpserver: HTTPServer, config: Config, xml: bool) -> None:
+    body = json.dumps(HOME_USERS)
+    if xml:  # plex.tv's older list: <MediaContainer><User .../></MediaContainer>
+        body = ('<MediaContainer size="2"><User id="1" uuid="owner-uuid-0001" title="Owner" admin="1" '
+                'protected="1"/><User id="2" uuid="kid-uuid-0001" title="Kid" restricted="1" protected="1"/>'
+                '</MediaContainer>')
+    httpserver.expect_request("/api/v2/home/users", method="GET").respond_with_data(body)
+    owner, kid = plexauth.get_home_users(config)
+    assert (owner.id, owner.uuid, owner.title, owner.admin, owner.protected) == (
+        1, "owner-uuid-0001", "Owner", True, True)
+    assert (kid.uuid, kid.restricted, kid.guest if not xml else None) == ("kid-uuid-0001", True, False if not xml
+                                                                          else None)
+    assert requests_seen(httpserver)[0].headers["X-Plex-Token"] == TOKEN
+
+
+def test_home_users__switch_sends_the_pin_only_in_its_query(httpserver: HTTPServer, config: Config,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    httpserver.expect_request("/api/v2/home/users/kid-uuid-0001/switch", method="POST").respond_with_json(
+        {**ACCOUNT, "authToken": PIN_TOKEN}, status=201)
+    kid = plexauth.HomeUser(id=2, uuid="kid-uuid-0001")
+    assert plexauth.switch_home_user(config, kid, pin=HOME_PIN) == PIN_TOKEN
+    assert plexauth.switch_home_user(config, kid) == PIN_TOKEN
+    with_pin, without = requests_seen(httpserver)
+    assert with_pin.args.to_dict() == {"pin": HOME_PIN}
+    assert without.args.to_dict() == {}
+    assert with_pin.headers["X-Plex-Token"] == TOKEN
+    assert not any(HOME_PIN in record.getMessage() for record in caplog.records if record.name == "plexauth")
+
+
+def test_home_users__a_missing_or_wrong_pin_is_home_pin_required(httpserver: HTTPServer, config: Config) -> None:
+    # plex.tv echoes the PIN it was sent: it is masked like every other secret.
+    body = {"errors": [{"code": 1041, "message": f"Invalid PIN {HOME_PIN}", "status": 403}]}
+    httpserver.expect_request("/api/v2/home/users/kid-uuid-0001/switch").respond_with_json(body, status=403)
+    kid = plexauth.HomeUser(id=2, uuid="kid-uuid-0001")
+    with raises(plexauth.HomePinRequiredError) as info:
+        plexauth.switch_home_user(config, kid, pin=HOME_PIN)
+    assert isinstance(info.value, UnauthorizedError)
+    assert (info.value.status, info.value.code) == (403, 1041)
+    for text in (str(info.value), repr(info.value), repr(info.value.__dict__)):
+        assert HOME_PIN not in text
+    assert len(httpserver.log) == 1  # a POST: never sent twice
+    for pin, error in ((1234, ValueError), ("12345", ValueError), ("12a4", ValueError), ("\u0661234", ValueError)):
+        with pytest.raises(error, match=r"^pin must be the Home PIN: 4 digits as text$"):
+            plexauth.switch_home_user(config, kid, pin=pin)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"user must be a plexauth\.HomeUser"):
+        plexauth.switch_home_user(config, "kid-uuid-0001")  # type: ignore[arg-type]
+    odd = plexauth.HomeUser(id=3, uuid="a/b?c")
+    httpserver.expect_request(re.compile(r"/api/v2/home/users/.*")).respond_with_json(ACCOUNT, status=201)
+    assert plexauth.switch_home_user(config, odd) == AUTH_TOKEN
+    sent = requests_seen(httpserver)[-1].environ["REQUEST_URI"]
+    assert sent == "/api/v2/home/users/a%2Fb%3Fc/switch"  # the uuid is one path segment, and no query
+
+
+# ===========================================================================
 # Tests: command line, sign in once (login, status, token, logout)
 # ===========================================================================
 
@@ -4594,6 +4769,130 @@ def test_logout__a_dead_token_is_forgotten_a_network_failure_keeps_it(
     monkeypatch.setenv("PLEX_TOKEN", TOKEN)  # a token that is not kept is revoked, and nothing is removed
     assert cli("logout") == (0, "", "plexauth: logged out: the token no longer works\n")
     assert TOKEN not in plex_tv.tokens
+
+
+@pytest.mark.parametrize("token", ["tok\nX-Evil: 1", "tok\x1b[2J", 123, "   "], ids=["newline", "escape", "number",
+                                                                              "blank"])
+def test_login__a_pin_token_that_cannot_be_sent_is_an_unusable_answer_at_once(
+    cli: Any, httpserver: HTTPServer, token: Any
+) -> None:
+    # Not "pending until --wait passes": the answer is unusable (7), at the first check.
+    httpserver.expect_request("/api/v2/pins", method="POST").respond_with_json(
+        {"id": 7, "code": "A1B2", "clientIdentifier": None}, status=201)
+    httpserver.expect_request("/api/v2/pins/7").respond_with_json({"id": 7, "code": "A1B2", "authToken": token})
+    code, out, err = cli("login", "--wait", "30")
+    assert (code, out) == (7, "")
+    assert "'authToken' is not a token that can be sent" in err
+    assert len(httpserver.log) == 2
+
+
+def test_login__again_revokes_the_token_it_replaces(cli: Any, httpserver: HTTPServer, tmp_path: Any) -> None:
+    plex_tv = FakePlexTV(httpserver, pending=0)
+    kept = tmp_path / "config" / "plexauth" / "login.json"
+    assert cli("login")[0] == 0
+    kept.write_text(json.dumps({"token": TOKEN, "client_identifier": "old-device"}))  # as an older login left it
+    assert TOKEN in plex_tv.tokens
+    assert cli("login")[0] == 0
+    assert json.loads(kept.read_text())["token"] == PIN_TOKEN
+    assert TOKEN not in plex_tv.tokens  # revoked, with the client identifier it was made for
+    assert (TOKEN, "old-device") in plex_tv.used
+    kept.write_text(json.dumps({"token": TOKEN, "client_identifier": None}))  # dead already: nothing to say
+    code, _, err = cli("login")
+    assert (code, err.count("warning")) == (0, 0)
+    kept.write_text("not a login")  # one that cannot be read is replaced, not revoked
+    assert cli("login")[0] == 0
+    plex_tv.tokens.add(AUTH_TOKEN)
+    plex_tv.failing.add(AUTH_TOKEN)
+    kept.write_text(json.dumps({"token": AUTH_TOKEN, "client_identifier": None}))
+    code, _, err = cli("login", "--retries", "0")
+    assert code == 0  # the new login is kept; that the old token may still work is said
+    assert "plexauth: warning: the token kept before could not be revoked (DELETE /api/v2/users/signout failed " \
+        "with 503 Service Unavailable); remove the device in the Plex app\n" in err
+
+
+def test_login__a_token_too_long_to_keep_is_revoked(cli: Any, httpserver: HTTPServer, tmp_path: Any) -> None:
+    long = "L" * 5000
+    httpserver.expect_request("/api/v2/pins", method="POST").respond_with_json({"id": 7, "code": "A1B2"}, status=201)
+    httpserver.expect_request("/api/v2/pins/7").respond_with_json({"id": 7, "code": "A1B2", "authToken": long})
+    httpserver.expect_request("/api/v2/users/signout", method="DELETE").respond_with_data("", status=204)
+    code, _, err = cli("login")
+    assert code == 1
+    assert "(the token is too long to keep); it was revoked" in err
+    assert requests_seen(httpserver)[-1].headers["X-Plex-Token"] == long
+    assert not (tmp_path / "config" / "plexauth" / "login.json").exists()
+
+
+def test_cli__what_a_server_sends_cannot_drive_the_terminal(cli: Any, httpserver: HTTPServer, tmp_path: Any,
+                                                            token_env: None) -> None:
+    forged = "me\x1b[2J\rtoken from: PLEX_TOKEN\x07"
+    httpserver.expect_request("/api/v2/user").respond_with_json({**ACCOUNT, "username": forged})
+    code, out, _ = cli("status")
+    assert code == 0
+    assert "username: me\\x1b[2J\\x0dtoken from: PLEX_TOKEN\\x07\n" in out
+    assert json.loads(cli("whoami", "--json")[1])["username"] == forged  # JSON escapes it itself
+    httpserver.expect_request("/api/v2/pins", method="POST").respond_with_json(
+        {"id": 7, "code": "AB\x1b]0;title\x07\nCD"}, status=201)
+    httpserver.expect_request("/api/v2/pins/7").respond_with_json({"id": 7, "code": "x", "authToken": AUTH_TOKEN})
+    code, _, err = cli("link", "--save-token", str(tmp_path / "token"))
+    assert code == 0
+    assert "enter the code AB\\x1b]0;title\\x07\\x0aCD (waiting" in err
+
+
+def test_cli__kept_client_identifier_or_token_that_no_header_can_carry(
+    cli: Any, httpserver: HTTPServer, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept_file(tmp_path / "config", "private")
+    kept = tmp_path / "config" / "plexauth" / "client-id"
+    kept.write_text("abc\r\nX-Plex-Token: x")
+    monkeypatch.setenv("PLEX_TOKEN", TOKEN)
+    assert cli("ping") == (2, "", f"plexauth: error: the client identifier kept in {kept} must not contain control "
+                                  "characters, got 'abc\\r\\nX-Plex-Token: x'; remove it\n")
+    kept.write_text("  \n")  # blank: replaced by a new one, kept from then on
+    FakePlexTV(httpserver)
+    assert cli("ping") == (0, "", "")
+    assert kept.read_text().startswith("plexauth-")
+    monkeypatch.setenv("PLEX_TOKEN", "tok\x1b[31m")
+    assert cli("token") == (2, "", "plexauth: error: the token from PLEX_TOKEN must not contain control "
+                                   "characters\n")
+    monkeypatch.delenv("PLEX_TOKEN")
+    assert cli("token", "--token-file", "") == (2, "", "plexauth: error: cannot read the token file '': No such file "
+                                                       "or directory\n")
+
+
+def test_cli__a_kept_folder_that_is_a_link_is_refused(cli: Any, httpserver: HTTPServer, tmp_path: Any,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "plexauth").symlink_to(tmp_path / "elsewhere")
+    code, _, err = cli("login")
+    assert (code, err) == (2, f"plexauth: error: refusing the kept folder {tmp_path / 'config' / 'plexauth'}: it is a "
+                              "symbolic link; remove it\n")
+    assert httpserver.log == []
+    monkeypatch.setenv("XDG_CONFIG_HOME", "relative/config")  # ignored, as XDG says: ~/.config instead
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    FakePlexTV(httpserver, pending=0)
+    assert cli("login")[0] == 0
+    assert (tmp_path / "home" / ".config" / "plexauth" / "login.json").exists()
+
+
+@pytest.mark.parametrize("gone", [False, True], ids=["refused", "already-gone"])
+def test_logout__a_kept_login_that_cannot_be_removed_is_said_so(cli: Any, httpserver: HTTPServer,
+                                                                monkeypatch: pytest.MonkeyPatch, tmp_path: Any,
+                                                                gone: bool) -> None:
+    FakePlexTV(httpserver, pending=0)
+    assert cli("login")[0] == 0
+
+    def unlink(path: Any) -> None:  # as on a read-only file system, or after another logout removed it
+        if gone:
+            raise FileNotFoundError(errno.ENOENT, "gone")
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    kept = tmp_path / "config" / "plexauth" / "login.json"
+    expected = (0, "", f"plexauth: logged out: the token no longer works; {kept} is removed\n") if gone else (
+        1, "", f"plexauth: error: the token no longer works, but {kept} could not be removed (Operation not "
+               "permitted); remove it\n")
+    assert cli("logout") == expected
 
 
 def test_cli__each_command_reads_only_what_it_uses(cli: Any, httpserver: HTTPServer,
