@@ -83,6 +83,7 @@ __all__ = [
     "TransportError",
     "PinExpiredError",
     "HomePinRequiredError",
+    "ServerUnreachableError",
     # operations
     "get_transient_token",
     "get_source_connection_information",
@@ -97,6 +98,7 @@ __all__ = [
     "sign_out",
     # the account's servers and Home users
     "get_resources",
+    "connect",
     "get_home_users",
     "switch_home_user",
     # command line
@@ -835,6 +837,15 @@ class TransportError(PlexAuthError):
     def __init__(self, reason: str, *, method: str, path: str) -> None:
         self.reason = reason
         super().__init__(f"{method} {path} could not complete: {reason}", method=method, path=path)
+
+
+class ServerUnreachableError(TransportError):
+    """``connect`` found no connection that proved to be the server: ``attempts``
+    holds ``(uri, reason)`` for each candidate, most preferred first."""
+
+    def __init__(self, reason: str, *, method: str, path: str, attempts: tuple[tuple[str, str], ...] = ()) -> None:
+        self.attempts = attempts
+        super().__init__(reason, method=method, path=path)
 
 
 # =============================================================================
@@ -2500,6 +2511,108 @@ def get_resources(config: Config, *, include_https: bool = True, include_relay: 
     return _call(config, "GET", "/resources", _resources, on_server=False, query=query)
 
 
+def _machine_identifier(doc: Any) -> str:
+    found = _container(doc).get("machineIdentifier")
+    if not isinstance(found, str) or not found:
+        raise _Invalid("'MediaContainer.machineIdentifier' is missing or not a string")
+    return found
+
+
+def _candidates(resource: Resource) -> list[str]:
+    """The URIs ``connect`` may try, most preferred first: local, remote,
+    relay; https before http; IPv4 before IPv6."""
+    ranked = []
+    for connection in resource.connections:
+        uri = connection.uri or ""
+        https = uri.lower().startswith("https://")
+        if not uri or (connection.local and resource.owned is False) or (resource.https_required and not https):
+            continue  # another's LAN is not ours to probe; plain http when the server wants https
+        place = 2 if connection.relay else 0 if connection.local else 1
+        ranked.append(((place, not https, connection.ipv6 is True), uri))
+    ranked.sort(key=lambda item: item[0])  # stable: plex.tv's order within a rank
+    return list(dict.fromkeys(uri for _, uri in ranked))
+
+
+#: Probes run at once; more candidates wait for a free thread.
+_MAX_PROBES = 4
+
+
+def connect(config: Config, resource: Resource, *, timeout: float = 5.0) -> Config:
+    """The Config that reaches server ``resource`` from here: its
+    ``server_url`` is the most preferred connection that proved to be that
+    server, and its ``token`` the server's own ``resource.access_token``.
+
+    Each candidate's ``/identity`` is asked at once (a few at a time),
+    without any token; one qualifies when it answers with the resource's
+    machine identifier, so the token never reaches a stale address that now
+    belongs to another device.  Preference wins over speed: a less preferred
+    connection is taken only once every more preferred one has failed, or
+    ``timeout`` seconds (for the whole choice) have passed.  Raises
+    ``ServerUnreachableError`` when none qualifies, ``ValueError`` for a
+    resource that is not a server.
+
+    Example::
+
+        server = next(r for r in get_resources(config) if "server" in r.provides)
+        print(get_transient_token(connect(config, server)))
+    """
+    import concurrent.futures  # noqa: PLC0415 (only connect runs threads)
+
+    if not isinstance(resource, Resource):
+        raise TypeError(f"resource must be a plexauth.Resource (from get_resources), not {type(resource).__name__}")
+    if "server" not in resource.provides:
+        raise ValueError(f"resource {resource.name!r} is not a server (it provides {', '.join(resource.provides)})")
+    limit = _check_seconds("timeout", timeout)
+    _prepared(config)  # a wrong config is the caller's TypeError, before any thread
+    deadline = time.monotonic() + limit
+
+    def probe(uri: str) -> str | None:
+        """None when ``uri`` is the server, else why not."""
+        left = max(deadline - time.monotonic(), 0.001)  # one that starts late ends at once, by its time limit
+        try:
+            probing = dataclasses.replace(config, server_url=uri, token=None, retries=0, total_timeout=left,
+                                          timeout=min(config.timeout, left))
+        except (TypeError, ValueError):
+            return "not a usable URL"
+        try:
+            found = _call(probing, "GET", "/identity", _machine_identifier, on_server=True, send_token=False)
+        except TransportError as exc:
+            return exc.reason
+        except PlexAuthError as exc:  # an answer, but not the identity
+            return exc.reason if isinstance(exc, ResponseError) else str(exc)
+        if found != resource.client_identifier:
+            return f"answered as another server ({_printable(found[:64])!r})"
+        return None
+
+    candidates = _candidates(resource)
+    reasons: dict[str, str] = {}
+    chosen = None
+    if candidates:
+        pool = concurrent.futures.ThreadPoolExecutor(min(len(candidates), _MAX_PROBES), "plexauth-connect")
+        futures = [pool.submit(probe, uri) for uri in candidates]
+        try:
+            for uri, future in zip(candidates, futures):  # in preference order: the first that qualifies wins
+                try:
+                    reason = future.result(timeout=max(0.0, deadline - time.monotonic()))
+                except concurrent.futures.TimeoutError:
+                    reason = f"no answer within {limit:g} s"
+                if reason is None:
+                    chosen = uri
+                    break
+                reasons[uri] = reason
+        finally:
+            for future in futures:
+                future.cancel()  # those not started; a running probe ends by the deadline on its own
+            pool.shutdown(wait=False)
+    if chosen is None:
+        attempts = tuple((uri, reasons.get(uri, f"no answer within {limit:g} s")) for uri in candidates)
+        what = f"no connection of {resource.name or resource.client_identifier!r} proved to be that server"
+        if not candidates:
+            what = f"{resource.name or resource.client_identifier!r} has no connection that may be tried from here"
+        raise ServerUnreachableError(what, method="GET", path="/identity", attempts=attempts)
+    return dataclasses.replace(config, server_url=chosen, token=resource.access_token)
+
+
 def get_home_users(config: Config) -> tuple[HomeUser, ...]:
     """The members of the Plex Home of the account behind ``config.token``.
 
@@ -2910,8 +3023,8 @@ def _hand_over(config: Config, token: str, deliver: Callable[[], None], what: st
     fails, revoke it rather than leave a working token that nobody has."""
     try:
         deliver()
-    except OSError as exc:
-        why = exc.strerror or type(exc).__name__
+    except (OSError, _UsageError) as exc:  # _UsageError: the kept folder, checked again, is refused
+        why = (exc.strerror or type(exc).__name__) if isinstance(exc, OSError) else str(exc)
         try:
             sign_out(dataclasses.replace(config, token=token))
         except PlexAuthError:

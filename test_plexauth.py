@@ -2258,6 +2258,9 @@ def test_pin__answer_for_another_client_or_without_a_code_is_a_response_error(fa
         ResponseError("no token", status=200, method="GET", path="/security/token"),
         TransportError("timed out", method="GET", path="/security/token"),
         PinExpiredError("PIN 7 was not approved within 300 s"),
+        plexauth.HomePinRequiredError(403, 1041, "Invalid PIN", method="POST", path="/api/v2/home/users/u/switch"),
+        plexauth.ServerUnreachableError("no connection", method="GET", path="/identity",
+                                        attempts=(("http://127.0.0.1:1", "refused"),)),
     ],
     ids=lambda exc: type(exc).__name__,
 )
@@ -4613,6 +4616,138 @@ def test_home_users__a_missing_or_wrong_pin_is_home_pin_required(httpserver: HTT
     assert sent == "/api/v2/home/users/a%2Fb%3Fc/switch"  # the uuid is one path segment, and no query
 
 
+def identity_server(machine: str, delay: float = 0.0) -> HTTPServer:
+    """A Plex Media Server's /identity on 127.0.0.1, answering as ``machine``
+    after ``delay`` seconds (its own pace, as a slow LAN server's)."""
+    server = HTTPServer(host="127.0.0.1", port=0)
+
+    def answer(request: Any) -> Any:
+        from werkzeug import Response
+
+        time.sleep(delay)  # the server's pace, not the test's synchronisation
+        body = {"MediaContainer": {"size": 0, "machineIdentifier": machine, "version": "1.40"}}
+        return Response(json.dumps(body), content_type="application/json")
+
+    server.expect_request("/identity").respond_with_handler(answer)
+    server.start()
+    return server
+
+
+@pytest.fixture
+def identities():
+    made: list[HTTPServer] = []
+
+    def make(machine: str, delay: float = 0.0) -> HTTPServer:
+        made.append(identity_server(machine, delay))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.clear()
+        server.stop()
+
+
+def server_resource(*connections: Any, **fields: Any) -> plexauth.Resource:
+    fields = {"owned": True, **fields}
+    return plexauth.Resource(client_identifier="machine-1", name="Living Room", provides=("server",),
+                             access_token=ACCESS_TOKEN, connections=tuple(connections), **fields)
+
+
+def connection(server: HTTPServer, **fields: Any) -> plexauth.Connection:
+    return plexauth.Connection(uri=server.url_for("").rstrip("/"), protocol="http", **fields)
+
+
+def test_connect__preference_beats_speed_and_only_the_server_gets_its_token(config: Config, identities: Any) -> None:
+    slow_local = identities("machine-1", delay=0.6)
+    fast_remote = identities("machine-1")
+    fast_relay = identities("machine-1")
+    impostor = identities("someone-elses-device")  # a stale LAN address, now another device
+    resource = server_resource(connection(fast_relay, relay=True), connection(fast_remote, local=False),
+                               connection(impostor, local=True), connection(slow_local, local=True))
+    chosen = plexauth.connect(config, resource, timeout=10)
+    assert chosen.server_url == slow_local.url_for("").rstrip("/")
+    assert chosen.token == ACCESS_TOKEN
+    assert dataclasses.replace(chosen, server_url=config.server_url, token=config.token) == config
+    for server in (slow_local, fast_remote, fast_relay, impostor):  # counted server-side: probes carry no token
+        assert all("X-Plex-Token" not in request.headers for request, _ in server.log)
+    assert len(slow_local.log) == 1
+
+
+def test_connect__another_server_is_never_chosen(config: Config, identities: Any) -> None:
+    impostor = identities("someone-elses-device")
+    right = identities("machine-1", delay=0.2)
+    resource = server_resource(connection(impostor, local=True), connection(right, local=False))
+    assert plexauth.connect(config, resource).server_url == right.url_for("").rstrip("/")
+    only_impostor = server_resource(connection(impostor, local=True))
+    with raises(plexauth.ServerUnreachableError) as info:
+        plexauth.connect(config, only_impostor)
+    ((uri, reason),) = info.value.attempts
+    assert (uri, reason) == (impostor.url_for("").rstrip("/"), "answered as another server ('someone-elses-device')")
+    assert isinstance(info.value, TransportError)
+    assert str(info.value) == ("GET /identity could not complete: no connection of 'Living Room' proved to be "
+                               "that server")
+
+
+def test_connect__skips_others_lan_and_plain_http_when_https_is_required(config: Config, identities: Any) -> None:
+    lan = identities("machine-1")
+    remote = identities("machine-1", delay=0.2)
+    shared = server_resource(connection(lan, local=True), connection(remote, local=False), owned=False)
+    assert plexauth.connect(config, shared).server_url == remote.url_for("").rstrip("/")
+    assert lan.log == []  # a LAN address of the owner's network is not probed from here
+    strict = server_resource(connection(lan, local=True), https_required=True)
+    with raises(plexauth.ServerUnreachableError) as info:
+        plexauth.connect(config, strict)
+    assert info.value.attempts == ()
+    assert "has no connection that may be tried from here" in str(info.value)
+    assert lan.log == []
+
+
+def test_connect__ends_within_timeout_when_every_candidate_stalls(config: Config, fault_server: Any) -> None:
+    stalls = [fault_server(silent) for _ in range(6)]  # more than run at once
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        refused = probe.getsockname()[1]
+    uris = [f"http://127.0.0.1:{server.port}" for server in stalls]
+    resource = server_resource(plexauth.Connection(uri=f"http://127.0.0.1:{refused}", local=True),
+                               plexauth.Connection(uri="not a url", local=True),
+                               *(plexauth.Connection(uri=uri, local=False) for uri in uris))
+    started = time.monotonic()
+    with raises(plexauth.ServerUnreachableError) as info:
+        plexauth.connect(config, resource, timeout=1.0)
+    assert time.monotonic() - started < 1.0 + 1.5  # a generous bound on the promise
+    attempts = dict(info.value.attempts)
+    assert list(attempts) == [f"http://127.0.0.1:{refused}", "not a url", *uris]  # each candidate, in order
+    assert attempts[f"http://127.0.0.1:{refused}"] == f"http://127.0.0.1:{refused} refused the connection"
+    assert attempts["not a url"] == "not a usable URL"
+    assert all("1 s" in attempts[uri] for uri in uris)  # stalled: no answer within the time, or not tried
+    assert_no_secret(repr(info.value.__dict__))
+
+
+def test_connect__wrong_arguments(config: Config) -> None:
+    player = plexauth.Resource(client_identifier="phone-1", provides=("client", "player"))
+    with pytest.raises(ValueError, match=r"is not a server \(it provides client, player\)"):
+        plexauth.connect(config, player)
+    with pytest.raises(TypeError, match=r"resource must be a plexauth\.Resource"):
+        plexauth.connect(config, "machine-1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout must be a positive number"):
+        plexauth.connect(config, server_resource(), timeout=0)
+
+
+def test_connect__answers_that_are_not_an_identity(config: Config, httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/identity").respond_with_json({"MediaContainer": {"size": 0}})
+    other = HTTPServer(host="127.0.0.1", port=0)
+    other.expect_request("/identity").respond_with_data("", status=401)
+    other.start()
+    try:
+        resource = server_resource(connection(httpserver, local=True), connection(other, local=False))
+        with raises(plexauth.ServerUnreachableError) as info:
+            plexauth.connect(config, resource)
+    finally:
+        other.clear()
+        other.stop()
+    assert [reason for _, reason in info.value.attempts] == [
+        "'MediaContainer.machineIdentifier' is missing or not a string", "GET /identity failed with 401 Unauthorized"]
+
+
 # ===========================================================================
 # Tests: command line, sign in once (login, status, token, logout)
 # ===========================================================================
@@ -4873,6 +5008,31 @@ def test_cli__a_kept_folder_that_is_a_link_is_refused(cli: Any, httpserver: HTTP
     FakePlexTV(httpserver, pending=0)
     assert cli("login")[0] == 0
     assert (tmp_path / "home" / ".config" / "plexauth" / "login.json").exists()
+
+
+def test_login__a_folder_made_unsafe_during_the_sign_in_gets_no_token(cli: Any, httpserver: HTTPServer,
+                                                                       tmp_path: Any) -> None:
+    # The folder passes the check before the PIN is made, and is swapped for a link while the user
+    # approves it: the token is not written there, and is revoked.
+    plex_tv = FakePlexTV(httpserver, pending=0)
+    folder = tmp_path / "config" / "plexauth"
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+
+    def swap(request: Any) -> Any:
+        if not folder.is_symlink():
+            folder.rename(tmp_path / "moved")  # with the client-id kept in it
+            folder.symlink_to(tmp_path / "elsewhere")
+        return plex_tv.handle(request)
+
+    httpserver.clear()
+    httpserver.expect_request(re.compile(r"/api/v2/.*")).respond_with_handler(swap)
+    code, _, err = cli("login")
+    assert code == 1
+    assert err.endswith(f"plexauth: error: cannot keep the new token in {folder / 'login.json'} (refusing the kept "
+                        f"folder {folder}: it is a symbolic link; remove it); it was revoked, so that no working "
+                        "token is left behind; sign in again\n")
+    assert PIN_TOKEN not in plex_tv.tokens
+    assert list((tmp_path / "elsewhere").iterdir()) == []
 
 
 @pytest.mark.parametrize("gone", [False, True], ids=["refused", "already-gone"])

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 __version__: str
 
-__all__ = ['GetTransientTokenQueryParamType', 'Scope', 'Config', 'Connection', 'SourceConnectionInformation', 'Subscription', 'UserProfile', 'Service', 'UserPlexAccount', 'Pin', 'Resource', 'HomeUser', 'PlexAuthError', 'APIError', 'BadRequestError', 'UnauthorizedError', 'TwoFactorRequiredError', 'RateLimitedError', 'PinExpiredError', 'HomePinRequiredError', 'ResponseError', 'TransportError', 'MAX_BODY_BYTES', 'MAX_RETRY_WAIT_SECONDS', 'get_transient_token', 'get_source_connection_information', 'get_token_details', 'post_users_sign_in_data', 'create_pin', 'check_pin', 'wait_for_pin', 'pin_auth_url', 'ping', 'sign_out', 'get_resources', 'get_home_users', 'switch_home_user', 'main']
+__all__ = ['GetTransientTokenQueryParamType', 'Scope', 'Config', 'Connection', 'SourceConnectionInformation', 'Subscription', 'UserProfile', 'Service', 'UserPlexAccount', 'Pin', 'Resource', 'HomeUser', 'PlexAuthError', 'APIError', 'BadRequestError', 'UnauthorizedError', 'TwoFactorRequiredError', 'RateLimitedError', 'PinExpiredError', 'HomePinRequiredError', 'ServerUnreachableError', 'ResponseError', 'TransportError', 'MAX_BODY_BYTES', 'MAX_RETRY_WAIT_SECONDS', 'get_transient_token', 'get_source_connection_information', 'get_token_details', 'post_users_sign_in_data', 'create_pin', 'check_pin', 'wait_for_pin', 'pin_auth_url', 'ping', 'sign_out', 'get_resources', 'connect', 'get_home_users', 'switch_home_user', 'main']
 
 class GetTransientTokenQueryParamType(str, enum.Enum):
     DELEGATION = 'delegation'
@@ -229,6 +229,10 @@ class TransportError(PlexAuthError):
     reason: str
     def __init__(self, reason: str, *, method: str, path: str) -> None: ...
 
+class ServerUnreachableError(TransportError):
+    attempts: tuple[tuple[str, str], ...]
+    def __init__(self, reason: str, *, method: str, path: str, attempts: tuple[tuple[str, str], ...] = ()) -> None: ...
+
 MAX_BODY_BYTES: int
 MAX_RETRY_WAIT_SECONDS: float
 
@@ -244,6 +248,7 @@ def ping(config: Config) -> None: ...
 def sign_out(config: Config) -> None: ...
 def get_resources(config: Config, *, include_https: bool = True, include_relay: bool = True,
                   include_ipv6: bool = False) -> tuple[Resource, ...]: ...
+def connect(config: Config, resource: Resource, *, timeout: float = 5.0) -> Config: ...
 def get_home_users(config: Config) -> tuple[HomeUser, ...]: ...
 def switch_home_user(config: Config, user: HomeUser, *, pin: str | None = None) -> str: ...
 
