@@ -4843,7 +4843,8 @@ def test_login__with_password_keeps_that_token(cli: Any, httpserver: HTTPServer,
 
 
 @pytest.mark.parametrize("how", ["world-readable", "symlink-to-dev-zero", "fifo", "not-ours", "token-not-text",
-                                 "not-utf-8"])
+                                 "not-utf-8", pytest.param("other-owner", marks=pytest.mark.skipif(
+                                     os.geteuid() != 0, reason="making another user's file needs root"))])
 def test_login__kept_login_that_is_not_private_is_refused(cli: Any, httpserver: HTTPServer, tmp_path: Any,
                                                           how: str) -> None:
     kept_file(tmp_path / "config", how, name="login.json")
@@ -4852,7 +4853,8 @@ def test_login__kept_login_that_is_not_private_is_refused(cli: Any, httpserver: 
         kept.write_bytes(b'{"token": 5}' if how == "token-not-text" else b"\xff\xfe")
     code, out, err = cli("whoami")
     wrong = {"world-readable": "readable or writable by other users (mode 0644)",
-             "symlink-to-dev-zero": "a symbolic link", "fifo": "not a regular file"}
+             "symlink-to-dev-zero": "a symbolic link", "fifo": "not a regular file",
+             "other-owner": "owned by another user (uid 4242)"}
     assert (code, out) == (2, "")
     if how in ("not-ours", "token-not-text"):
         assert err == f"plexauth: error: the kept login {kept} is not one plexauth wrote; run plexauth login again\n"
