@@ -3398,7 +3398,7 @@ def _parser() -> Any:
 
     sign_in = [plex_tv, connection, as_json]
     login = command("login", _cmd_login, f"sign in (a code to enter at {_LINK_URL}; with --password, login and "
-                    "password) and keep the token for the commands that follow", *sign_in)
+                    "password) and keep the token for the commands that follow", plex_tv, connection)
     login.add_argument("--password", action="store_true", help="sign in with login and password instead of a code")
     password_options(login)
     pin_options(login)

@@ -5071,6 +5071,7 @@ def test_cli__each_command_reads_only_what_it_uses(cli: Any, httpserver: HTTPSer
     monkeypatch.setenv("PLEX_TOKEN", TOKEN)
     # Before the command, an option it does not use is named; after it, argparse knows none such.
     for argv, command in ((["--server", "http://x", "ping"], "ping"), (["--timeout", "5", "token"], "token"),
+                          (["--json", "login"], "login"), (["--json", "logout"], "logout"),
                           (["--plex-tv-url", "http://x", "transient-token"], "transient-token")):
         assert cli(*argv) == (2, "", f"plexauth: error: plexauth {command} does not use {argv[0]}\n")
     code, _, err = cli("whoami", "--server", "http://x")
