@@ -2813,7 +2813,12 @@ def _kept_client_identifier() -> str:
     """The identifier kept for this user, made and kept on the first run."""
     path = _kept_path("client-id")
     try:
-        kept = _read_kept(path)
+        try:
+            kept = _read_kept(path)
+        except OSError as exc:
+            if exc.errno != errno.EILSEQ:
+                raise
+            kept = None  # not text: replaced, as a blank one is
         if kept:
             return kept
         made = _new_client_identifier()
@@ -3103,11 +3108,15 @@ def _emit(stream: Any, text: str) -> None:
 
 #: What a server sent may hold terminal escapes (ESC, CR, BEL...) that would
 #: forge or hide lines; the command line shows them as \x.. escapes.
-_UNPRINTABLE = "[\x00-\x1f\x7f-\x9f]"
+_UNPRINTABLE = "[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]"  # and the bidi controls
 
 
 def _printable(text: str) -> str:
-    return re.sub(_UNPRINTABLE, lambda match: f"\\x{ord(match.group()):02x}", text)
+    def escaped(match: Any) -> str:
+        code = ord(match.group())
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return re.sub(_UNPRINTABLE, escaped, text)
 
 
 def _account_summary(account: UserPlexAccount) -> tuple[dict[str, Any], list[str]]:
@@ -3208,6 +3217,32 @@ def _cmd_login(args: Any) -> int:
     except OSError as exc:
         raise _UsageError(f"cannot keep the login in {os.path.dirname(_kept_path(_LOGIN_FILE))} "
                           f"({exc.strerror}); see plexauth --help") from None
+    lock = _login_lock()
+    try:
+        return _login(args, config)
+    finally:
+        os.close(lock)  # and the lock with it
+
+
+def _login_lock() -> int:
+    """One login at a time for this user: two at once would each make a
+    token, and the one kept second would leave the other working unkept."""
+    import fcntl  # noqa: PLC0415 (only login locks)
+
+    path = _kept_path("login.lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise _UsageError(f"cannot lock {path} ({exc.strerror}); remove it") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise _UsageError("another plexauth login is running for this user; let it finish first") from None
+    return fd
+
+
+def _login(args: Any, config: Config) -> int:
     try:
         replaced = _kept_login()
     except _UsageError:  # one that cannot be read is replaced, not revoked

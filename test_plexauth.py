@@ -3935,17 +3935,18 @@ def test_cli__kept_files_that_are_not_private_are_refused(
     assert len(httpserver.log) == 0
 
 
-def test_cli__kept_file_that_is_not_text_gives_a_warning(
+def test_cli__kept_client_identifier_that_is_not_text_is_replaced(
     cli: Any, httpserver: HTTPServer, tmp_path: Any, token_env: None
 ) -> None:
     httpserver.expect_request("/api/v2/user").respond_with_json(ACCOUNT)
     kept_file(tmp_path / "config", "private")
-    (tmp_path / "config" / "plexauth" / "client-id").write_bytes(b"\xff\xfe")
-    code, _, err = cli("whoami")
-    assert code == 0
     kept = tmp_path / "config" / "plexauth" / "client-id"
-    assert err == f"plexauth: warning: cannot keep the client identifier in {kept} (not UTF-8 text); " \
-        "set PLEX_CLIENT_IDENTIFIER\n"
+    kept.write_bytes(b"\xff\xfe")
+    assert cli("whoami")[0::2] == (0, "")
+    made = kept.read_text().strip()  # a new one, kept from then on: not a new device every run
+    assert made.startswith("plexauth-")
+    assert cli("whoami")[0] == 0
+    assert [r.headers["X-Plex-Client-Identifier"] for r in requests_seen(httpserver)] == [made, made]
 
 
 @pytest.mark.parametrize("verbose", [[], ["-v"]], ids=["quiet", "verbose"])
@@ -4775,7 +4776,8 @@ def test_login__pin_then_every_command_without_a_token_variable(httpserver: HTTP
     assert kept.parent.stat().st_mode & 0o777 == 0o700
     client_id = json.loads(kept.read_text())["client_identifier"]
     assert json.loads(kept.read_text()) == {"token": PIN_TOKEN, "client_identifier": client_id, "how": "pin"}
-    assert sorted(p.name for p in kept.parent.iterdir()) == ["client-id", "login.json"]  # no temporary file left
+    assert sorted(p.name for p in kept.parent.iterdir()) == ["client-id", "login.json", "login.lock"]  # no temporary
+    assert (kept.parent / "login.lock").stat().st_mode & 0o777 == 0o600
     whoami = run_plexauth(["whoami"], env)
     assert (whoami.returncode, whoami.stdout.splitlines()[0]) == (0, "username: Username")
     status = run_plexauth(["status"], env)
@@ -4923,6 +4925,23 @@ def test_login__a_pin_token_that_cannot_be_sent_is_an_unusable_answer_at_once(
     assert len(httpserver.log) == 2
 
 
+def test_login__one_at_a_time(cli: Any, httpserver: HTTPServer, tmp_path: Any) -> None:
+    import fcntl
+
+    folder = tmp_path / "config" / "plexauth"
+    folder.mkdir(parents=True, mode=0o700)
+    with open(folder / "login.lock", "w") as held:  # another login, waiting for its PIN
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert cli("login") == (2, "", "plexauth: error: another plexauth login is running for this user; let it "
+                                       "finish first\n")
+    assert httpserver.log == []  # no PIN, so no token made that one of the two would lose
+    (folder / "login.lock").unlink()
+    (folder / "login.lock").symlink_to(tmp_path / "elsewhere")
+    assert cli("login") == (2, "", f"plexauth: error: cannot lock {folder / 'login.lock'} (Too many levels of "
+                                   "symbolic links); remove it\n")
+    assert not (tmp_path / "elsewhere").exists()
+
+
 def test_login__again_revokes_the_token_it_replaces(cli: Any, httpserver: HTTPServer, tmp_path: Any) -> None:
     plex_tv = FakePlexTV(httpserver, pending=0)
     kept = tmp_path / "config" / "plexauth" / "login.json"
@@ -4961,11 +4980,11 @@ def test_login__a_token_too_long_to_keep_is_revoked(cli: Any, httpserver: HTTPSe
 
 def test_cli__what_a_server_sends_cannot_drive_the_terminal(cli: Any, httpserver: HTTPServer, tmp_path: Any,
                                                             token_env: None) -> None:
-    forged = "me\x1b[2J\rtoken from: PLEX_TOKEN\x07"
+    forged = "me\x1b[2J\rtoken from: PLEX_TOKEN\x07\u202e"
     httpserver.expect_request("/api/v2/user").respond_with_json({**ACCOUNT, "username": forged})
     code, out, _ = cli("status")
     assert code == 0
-    assert "username: me\\x1b[2J\\x0dtoken from: PLEX_TOKEN\\x07\n" in out
+    assert "username: me\\x1b[2J\\x0dtoken from: PLEX_TOKEN\\x07\\u202e\n" in out  # bidi controls too
     assert json.loads(cli("whoami", "--json")[1])["username"] == forged  # JSON escapes it itself
     httpserver.expect_request("/api/v2/pins", method="POST").respond_with_json(
         {"id": 7, "code": "AB\x1b]0;title\x07\nCD"}, status=201)
