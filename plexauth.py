@@ -2679,6 +2679,7 @@ environment (an option wins over its variable; each command reads only what it u
   PLEX_CLIENT_IDENTIFIER        X-Plex-Client-Identifier (--client-id)
   PLEX_TV_URL, PLEX_SERVER_URL  plex.tv's API (--plex-tv-url) and the Plex Media Server (--server)
   PLEX_LOGIN, PLEX_PASSWORD     for sign-in and login --password
+  PLEX_HOME_PIN                 for switch (--pin-file)
   XDG_CONFIG_HOME               plexauth keeps its login and client identifier in
                                 $XDG_CONFIG_HOME/plexauth (else ~/.config/plexauth)
 
@@ -3341,20 +3342,99 @@ def _cmd_transient_token(args: Any) -> int:
     return 0
 
 
+def _connections_shown(connections: tuple[Connection, ...]) -> tuple[list[dict[str, Any]], list[str]]:
+    data = [{"uri": c.uri, "protocol": c.protocol, "address": c.address, "port": c.port, "local": c.local,
+             "relay": c.relay} for c in connections]
+    lines = [f"connection: {c.uri or '-'} ({'relay' if c.relay else 'local' if c.local else 'remote'})"
+             for c in connections]
+    return data, lines
+
+
+def _servers(config: Config) -> list[Resource]:
+    return [resource for resource in get_resources(config) if "server" in resource.provides]
+
+
+def _cmd_servers(args: Any) -> int:
+    data, lines = [], []
+    for resource in _servers(_config(args)):
+        connections, connection_lines = _connections_shown(resource.connections)
+        whose = "owned" if resource.owned else f"shared by {resource.source_title or '?'}"
+        data.append({"name": resource.name, "clientIdentifier": resource.client_identifier, "owned": resource.owned,
+                     "sourceTitle": resource.source_title, "connections": connections})
+        lines += [f"{resource.name or '-'} ({whose}): {resource.client_identifier}",
+                  *(f"  {line}" for line in connection_lines)]
+    _show(args, {"servers": data}, lines or ["no servers"])
+    return 0
+
+
+def _named(kind: str, wanted: str, found: list[_T], names: Callable[[_T], tuple[str | None, ...]],
+           listed_by: str) -> _T:
+    """The one of ``found`` that ``wanted`` names, else a usage error."""
+    matches = [item for item in found if wanted in names(item)]
+    if len(matches) != 1:
+        how = "several" if matches else "no"
+        hint = "; use the identifier" if matches else ""
+        raise _UsageError(f"{how} {kind}{'s' if matches else ''} named {wanted!r} ({listed_by} lists them{hint})")
+    return matches[0]
+
+
+def _cmd_connect(args: Any) -> int:
+    _check_save_target(args.save_token)
+    config = _config(args)
+    resource = _named("server", args.server_name, _servers(config), lambda r: (r.name, r.client_identifier),
+                    "plexauth servers")
+    chosen = connect(config, resource)
+    token = chosen.token or ""  # the server's own: printed only when asked, as source-info's
+    data: dict[str, Any] = {"url": chosen.server_url, "name": resource.name,
+                            "clientIdentifier": resource.client_identifier}
+    if args.save_token:
+        _write_private(args.save_token, token)
+        _say(f"the server's token saved to {args.save_token}")
+    if args.show_token:
+        data["accessToken"] = token
+    _show(args, data, [chosen.server_url] + ([f"access token: {token}"] if args.show_token else []))
+    return 0
+
+
+def _cmd_home_users(args: Any) -> int:
+    users = get_home_users(_config(args))
+    data = [{"id": u.id, "uuid": u.uuid, "title": u.title, "username": u.username, "admin": u.admin,
+             "protected": u.protected, "restricted": u.restricted} for u in users]
+    lines = [f"{u.title or '-'} ({u.username or '-'}): {u.uuid}{' admin' if u.admin else ''}"
+             f"{' PIN' if u.protected else ''}" for u in users]
+    _show(args, {"users": data}, lines)
+    return 0
+
+
+def _cmd_switch(args: Any) -> int:
+    _check_save_target(args.save_token)
+    config = _config(args)
+    user = _named("Home user", args.user, list(get_home_users(config)), lambda u: (u.title, u.username, u.uuid),
+                "plexauth home-users")
+    pin = os.environ.get("PLEX_HOME_PIN") or None
+    if args.pin_file:
+        pin = _one_line(_read_file(args.pin_file, "Home PIN")).strip()
+    elif pin is None and user.protected:
+        if not _stdin_is_tty():
+            raise _UsageError(f"{args.user!r} is protected: set PLEX_HOME_PIN or use --pin-file")
+        pin = _ask("Home PIN: ", "Home PIN", hidden=True)
+    args.secrets.append(pin or "")
+    try:
+        token = switch_home_user(config, user, pin=pin)
+    except ValueError as exc:  # the PIN given is not 4 digits
+        raise _UsageError(str(exc)) from None
+    _save_or_print(args, config, token, {"uuid": user.uuid, "title": user.title})
+    return 0
+
+
 def _cmd_source_info(args: Any) -> int:
     if not args.source.startswith(("server://", "provider://")):
         raise _UsageError(f"SOURCE must start with server:// or provider:// (as in server://<the server's "
                           f"machine identifier>), got {args.source!r}")
     info = get_source_connection_information(_config(args), args.source, refresh=args.refresh)
-    connections = [
-        {"uri": c.uri, "protocol": c.protocol, "address": c.address, "port": c.port, "local": c.local, "relay": c.relay}
-        for c in info.connections
-    ]
+    connections, connection_lines = _connections_shown(info.connections)
     data: dict[str, Any] = {"name": info.name, "clientIdentifier": info.client_identifier, "connections": connections}
-    lines = [f"name: {info.name or '-'}", f"client identifier: {info.client_identifier or '-'}"]
-    for c in info.connections:
-        kind = "relay" if c.relay else "local" if c.local else "remote"
-        lines.append(f"connection: {c.uri or '-'} ({kind})")
+    lines = [f"name: {info.name or '-'}", f"client identifier: {info.client_identifier or '-'}", *connection_lines]
     if args.show_token:
         data["accessToken"] = info.access_token
         lines.append(f"access token: {info.access_token or '-'}")
@@ -3460,6 +3540,19 @@ def _parser() -> Any:
                         *on_server)
     transient.add_argument("--type", default="delegation", choices=[m.value for m in GetTransientTokenQueryParamType])
     transient.add_argument("--scope", default="all", choices=[m.value for m in Scope])
+    command("servers", _cmd_servers, "list the account's servers and their connections", *with_token, as_json)
+    connecting = command("connect", _cmd_connect, "print the URL of the server's connection that works from here "
+                         "(exit 6 when none does)", *with_token, as_json)
+    connecting.add_argument("server_name", metavar="SERVER", help="the server's name or client identifier")
+    command("home-users", _cmd_home_users, "list the Plex Home's users", *with_token, as_json)
+    switching = command("switch", _cmd_switch, "print the token of a Plex Home user", *with_token, as_json)
+    switching.add_argument("user", metavar="USER", help="the user's title, username or uuid")
+    switching.add_argument("--pin-file", metavar="FILE", help="read the Home PIN from FILE (else PLEX_HOME_PIN, "
+                           "else a prompt for a protected user)")
+    for sub in (connecting, switching):
+        sub.add_argument("--save-token", metavar="FILE", help="write the token to FILE (mode 0600)")
+        sub.add_argument("--show-token", action="store_true", help="print the token too (switch: with --save-token "
+                         "and --json)")
     info = command("source-info", _cmd_source_info, "print a source's name, identifier and connections", *on_server)
     info.add_argument("source", metavar="SOURCE", help="server://<machine identifier> or provider://<identifier>")
     info.add_argument("--refresh", action="store_true", help="ask the server to refresh the source")

@@ -4749,6 +4749,66 @@ def test_connect__answers_that_are_not_an_identity(config: Config, httpserver: H
         "'MediaContainer.machineIdentifier' is missing or not a string", "GET /identity failed with 401 Unauthorized"]
 
 
+def test_cli__servers_and_connect(cli: Any, httpserver: HTTPServer, identities: Any, tmp_path: Any,
+                                  token_env: None) -> None:
+    local = identities("0123456789abcdef", delay=0.2)
+    remote = identities("0123456789abcdef")
+    server = {**RESOURCES[0], "httpsRequired": False, "connections": [
+        {"uri": local.url_for("").rstrip("/"), "protocol": "http", "local": True},
+        {"uri": remote.url_for("").rstrip("/"), "protocol": "http", "local": False}]}
+    httpserver.expect_request("/api/v2/resources").respond_with_json([server, RESOURCES[1]])
+    code, out, _ = cli("servers")
+    assert (code, out) == (0, f"Living Room (owned): 0123456789abcdef\n  connection: {local.url_for('').rstrip('/')} "
+                              f"(local)\n  connection: {remote.url_for('').rstrip('/')} (remote)\n")
+    assert [s["name"] for s in json.loads(cli("servers", "--json")[1])["servers"]] == ["Living Room"]
+    assert cli("connect", "Living Room") == (0, local.url_for("").rstrip("/") + "\n", "")  # preferred, not fastest
+    data = json.loads(cli("connect", "0123456789abcdef", "--json", "--show-token", shown=(ACCESS_TOKEN,))[1])
+    assert (data["url"], data["accessToken"]) == (local.url_for("").rstrip("/"), ACCESS_TOKEN)
+    target = tmp_path / "server-token"
+    code, out, err = cli("connect", "Living Room", "--save-token", str(target))
+    assert (code, out, err) == (0, local.url_for("").rstrip("/") + "\n", f"plexauth: the server's token saved to "
+                                                                      f"{target}\n")
+    assert (target.read_text(), target.stat().st_mode & 0o777) == (ACCESS_TOKEN + "\n", 0o600)
+    assert cli("connect", "Kitchen")[0::2] == (2, "plexauth: error: no server named 'Kitchen' (plexauth servers "
+                                                  "lists them)\n")
+    local.clear()
+    remote.clear()  # both now answer 500: no connection qualifies
+    code, _, err = cli("connect", "Living Room")
+    assert code == 6
+    assert "no connection of 'Living Room' proved to be that server" in err
+
+
+def test_cli__home_users_and_switch(cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch,
+                                    tmp_path: Any, token_env: None) -> None:
+    httpserver.expect_request("/api/v2/home/users").respond_with_json(HOME_USERS)
+    httpserver.expect_request("/api/v2/home/users/kid-uuid-0001/switch", method="POST").respond_with_json(
+        {**ACCOUNT, "authToken": PIN_TOKEN}, status=201)
+    assert cli("home-users")[1] == "Owner (owner): owner-uuid-0001 admin PIN\nKid (-): kid-uuid-0001 PIN\n"
+    assert cli("switch", "Kid") == (2, "", "plexauth: error: 'Kid' is protected: set PLEX_HOME_PIN or use "
+                                           "--pin-file\n")
+    (tmp_path / "pin").write_text(HOME_PIN + "\n")
+    assert cli("switch", "Kid", "--pin-file", str(tmp_path / "pin"), shown=(PIN_TOKEN,)) == (0, PIN_TOKEN + "\n", "")
+    monkeypatch.setenv("PLEX_HOME_PIN", HOME_PIN)
+    target = tmp_path / "kid-token"
+    code, out, _ = cli("switch", "kid-uuid-0001", "--save-token", str(target))
+    assert (code, out, target.read_text()) == (0, "", PIN_TOKEN + "\n")
+    monkeypatch.delenv("PLEX_HOME_PIN")
+    monkeypatch.setattr(sys, "stdin", FakeTTY(""))
+    monkeypatch.setattr("getpass.getpass", lambda prompt, stream=None: HOME_PIN)
+    assert cli("switch", "Kid", shown=(PIN_TOKEN,))[0] == 0
+    pins = [r.args.get("pin") for r in requests_seen(httpserver) if r.path.endswith("/switch")]
+    assert pins == [HOME_PIN] * 3
+    monkeypatch.setenv("PLEX_HOME_PIN", "12a4")
+    assert cli("switch", "Kid") == (2, "", "plexauth: error: pin must be the Home PIN: 4 digits as text\n")
+    assert cli("switch", "Nobody")[2] == "plexauth: error: no Home user named 'Nobody' (plexauth home-users lists " \
+        "them)\n"
+    httpserver.clear()
+    twins = {"users": [{"id": 1, "uuid": "a", "title": "Sam"}, {"id": 2, "uuid": "b", "title": "Sam"}]}
+    httpserver.expect_request("/api/v2/home/users").respond_with_json(twins)
+    assert cli("switch", "Sam")[2] == "plexauth: error: several Home users named 'Sam' (plexauth home-users lists " \
+        "them; use the identifier)\n"
+
+
 # ===========================================================================
 # Tests: command line, sign in once (login, status, token, logout)
 # ===========================================================================
