@@ -913,6 +913,21 @@ _QUICK_TO_MASK = 4096
 _local = _CallState()
 
 
+class _MaskedRecords(logging.Filter):
+    """urllib3 logs each request's URL with its query, where one secret must
+    travel (the Home PIN, as plex.tv asks): its records are masked with the
+    secrets of the call this thread is making.  Records are made only when
+    DEBUG logging is on, so this costs nothing otherwise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _local.secrets:
+            record.msg, record.args = _shown(record.getMessage(), _local.secrets, keys=False), ()
+        return True
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_MaskedRecords())
+
+
 class _Unusable(http.client.HTTPException):
     """An answer plexauth does not use; its text is plexauth's, never the server's."""
 
@@ -1131,10 +1146,12 @@ def _prepared(config: Config) -> _Prepared:
 class _Request:
     """One operation's request, as it goes through the core."""
 
-    __slots__ = ("body", "config", "deadline", "headers", "method", "on_server", "path", "secrets", "timeout", "url")
+    __slots__ = ("body", "config", "deadline", "headers", "method", "on_server", "path", "redirects", "secrets",
+                 "timeout", "url")
 
     def __init__(self, config: Config, method: str, url: str, path: str, headers: dict[str, str],
-                 body: bytes | None, on_server: bool, secrets: tuple[str, ...], deadline: float) -> None:
+                 body: bytes | None, on_server: bool, secrets: tuple[str, ...], deadline: float,
+                 redirects: bool = True) -> None:
         self.config = config
         self.method = method
         self.url = url
@@ -1144,6 +1161,7 @@ class _Request:
         self.on_server = on_server
         self.secrets = secrets  # what the server may echo, to be masked in all it sends back
         self.deadline = deadline  # time.monotonic() by which the whole call ends
+        self.redirects = redirects  # a GET follows them, unless its answer must come from its own address
         self.timeout = _prepared(config).timeout
 
     def failed(self, reason: str) -> TransportError:
@@ -1185,7 +1203,7 @@ def _describe(exc: BaseException, url: str, seconds: float) -> str:
     if isinstance(error, ssl.SSLCertVerificationError):
         return f"the TLS certificate of {where} is not trusted ({error.verify_message or detail})"
     # NewConnectionError subclasses ConnectTimeoutError, so it goes first.
-    if isinstance(exc, urllib3.exceptions.NewConnectionError) or isinstance(error, ConnectionRefusedError):
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
         if isinstance(error, socket.gaierror):
             return f"the host name of {where} was not found ({detail})"
         if isinstance(error, ConnectionRefusedError):
@@ -1346,7 +1364,7 @@ def _fetch(request: _Request) -> _Answer:
     url, headers = request.url, request.headers
     answer = _exchange(request, url, headers)
     for _ in range(_MAX_REDIRECTS):
-        if answer.status not in _REDIRECT_STATUSES or request.method != "GET":
+        if answer.status not in _REDIRECT_STATUSES or request.method != "GET" or not request.redirects:
             break
         target = _redirect_target(request, url, answer.headers.get("Location"))
         if target is None:
@@ -2027,6 +2045,7 @@ def _send(
     send_token: bool = True,
     secrets: tuple[str, ...] = (),
     deadline: float | None = None,
+    redirects: bool = True,
 ) -> tuple[_Answer, _Request]:
     """Send one operation's request and return its 2xx answer; any other
     status becomes an ``APIError``.
@@ -2048,12 +2067,12 @@ def _send(
         body = urllib.parse.urlencode(form).encode("ascii")
         headers = {**headers, "Content-Type": "application/x-www-form-urlencoded"}
     request = _Request(config, method, url, base_path + path, headers, body, on_server,
-                       (config.token or "", *secrets), ends if deadline is None else min(deadline, ends))
-    _local.deadline = request.deadline
+                       (config.token or "", *secrets), ends if deadline is None else min(deadline, ends), redirects)
+    _local.deadline, _local.secrets = request.deadline, request.secrets
     try:
         return _tries(request), request
     finally:
-        _local.deadline = math.inf
+        _local.deadline, _local.secrets = math.inf, ()
 
 
 def _tries(request: _Request) -> _Answer:
@@ -2097,6 +2116,7 @@ def _call(
     secrets: tuple[str, ...] = (),
     minted: str | None = None,
     deadline: float | None = None,
+    redirects: bool = True,
 ) -> _T:
     """``_send`` the request and return ``build(decoded body)``; a body that
     does not fit is a ``ResponseError``.
@@ -2106,7 +2126,7 @@ def _call(
     revoked, so that none is left working that nobody has.
     """
     answer, sent = _send(config, method, path, on_server=on_server, query=query, form=form, send_token=send_token,
-                         secrets=secrets, deadline=deadline)
+                         secrets=secrets, deadline=deadline, redirects=redirects)
     _local.secrets = sent.secrets  # for the models made, whose reprs mask them
     try:
         return build(_parse(answer.body))
@@ -2533,8 +2553,9 @@ def _candidates(resource: Resource) -> list[str]:
     return list(dict.fromkeys(uri for _, uri in ranked))
 
 
-#: Probes run at once; more candidates wait for a free thread.
-_MAX_PROBES = 4
+#: Probes run at once, so that hanging LAN addresses cannot keep a working one
+#: from being tried; a resource has a handful of connections, more wait for a thread.
+_MAX_PROBES = 16
 
 
 def connect(config: Config, resource: Resource, *, timeout: float = 5.0) -> Config:
@@ -2575,7 +2596,9 @@ def connect(config: Config, resource: Resource, *, timeout: float = 5.0) -> Conf
         except (TypeError, ValueError):
             return "not a usable URL"
         try:
-            found = _call(probing, "GET", "/identity", _machine_identifier, on_server=True, send_token=False)
+            # Its own answer: a redirect would let any address pass on another server's identity.
+            found = _call(probing, "GET", "/identity", _machine_identifier, on_server=True, send_token=False,
+                          redirects=False)
         except TransportError as exc:
             return exc.reason
         except PlexAuthError as exc:  # an answer, but not the identity
@@ -3057,9 +3080,10 @@ def _save_or_print(args: Any, config: Config, token: str, data: dict[str, Any]) 
                    f"write the new token to {args.save_token}")
         _say(f"token saved to {args.save_token}")
         if args.json:
-            _show(args, {**data, "authToken": token} if args.show_token else data, [])
+            _show(args, {**data, "authToken": token} if args.show_token else data, [], token=token)
     else:
-        _hand_over(config, token, lambda: _show(args, {**data, "authToken": token}, [token]), "print the new token")
+        _hand_over(config, token, lambda: _show(args, {**data, "authToken": token}, [token], token=token),
+                   "print the new token")
 
 
 # -----------------------------------------------------------------------------
@@ -3067,14 +3091,15 @@ def _save_or_print(args: Any, config: Config, token: str, data: dict[str, Any]) 
 # -----------------------------------------------------------------------------
 
 
-def _show(args: Any, data: dict[str, Any], lines: list[str]) -> None:
+def _show(args: Any, data: dict[str, Any], lines: list[str], *, token: str | None = None) -> None:
     """Print a command's result: what the server sent, with the run's own
-    secrets masked (a server may echo them anywhere)."""
+    secrets masked (a server may echo them anywhere), except ``token``, the
+    new token this command was asked to print (it may hold a PIN's digits)."""
     secrets = tuple(args.secrets)
 
     def shown(value: Any) -> Any:
         if isinstance(value, str):
-            return _shown(value, secrets, keys=False)
+            return value if value == token else _shown(value, secrets, keys=False)
         if isinstance(value, dict):
             return {key: shown(item) for key, item in value.items()}
         return [shown(item) for item in value] if isinstance(value, list) else value
@@ -3091,9 +3116,9 @@ class _Unwritable(OSError):
 def _emit(stream: Any, text: str) -> None:
     """Write a line that a terminal of any encoding can take; _Unwritable
     when it cannot be written (closed: ``>&-``, full, a broken pipe)."""
+    if stream is None:  # started with the stream closed
+        raise _Unwritable(errno.EBADF, "it is closed")
     try:
-        if stream is None:  # started with the stream closed
-            raise _Unwritable(errno.EBADF, "it is closed")
         try:
             stream.write(text + "\n")
         except UnicodeEncodeError:
@@ -3101,8 +3126,6 @@ def _emit(stream: Any, text: str) -> None:
             stream.write((text + "\n").encode(encoding, "backslashreplace").decode(encoding))
         stream.flush()
     except (OSError, ValueError) as exc:  # ValueError: closed while running
-        if isinstance(exc, _Unwritable):
-            raise
         raise _Unwritable(getattr(exc, "errno", None) or errno.EBADF,
                           getattr(exc, "strerror", None) or "it is closed") from None
 
@@ -3383,7 +3406,11 @@ def _cmd_connect(args: Any) -> int:
     config = _config(args)
     resource = _named("server", args.server_name, _servers(config), lambda r: (r.name, r.client_identifier),
                     "plexauth servers")
-    chosen = connect(config, resource)
+    try:
+        chosen = connect(config, resource)
+    except ServerUnreachableError as exc:  # what each connection did, for the user to act on
+        tried = "; ".join(f"{uri}: {reason}" for uri, reason in exc.attempts)
+        raise _Exit(f"{exc}{' (' + tried + ')' if tried else ''}", _exit_code(exc)) from None
     token = chosen.token or ""  # the server's own: printed only when asked, as source-info's
     data: dict[str, Any] = {"url": chosen.server_url, "name": resource.name,
                             "clientIdentifier": resource.client_identifier}

@@ -4590,7 +4590,20 @@ def test_home_users__switch_sends_the_pin_only_in_its_query(httpserver: HTTPServ
     assert with_pin.args.to_dict() == {"pin": HOME_PIN}
     assert without.args.to_dict() == {}
     assert with_pin.headers["X-Plex-Token"] == TOKEN
-    assert not any(HOME_PIN in record.getMessage() for record in caplog.records if record.name == "plexauth")
+    # urllib3 logs the URL with its query: its record is masked too, as every log line is.
+    assert any("/switch?pin=***" in record.getMessage() for record in caplog.records
+               if record.name == "urllib3.connectionpool")
+    assert not any(HOME_PIN in record.getMessage() for record in caplog.records
+                   if record.name.split(".")[0] in ("plexauth", "urllib3"))  # werkzeug's are plex.tv's own
+
+
+def test_home_users__urllib3_records_of_other_code_are_left_alone(httpserver: HTTPServer,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    # The mask applies inside plexauth's calls only: a program's own urllib3 requests log as they always did.
+    httpserver.expect_request("/elsewhere").respond_with_data("ok")
+    urllib3.PoolManager().request("GET", httpserver.url_for(f"/elsewhere?pin={HOME_PIN}"))
+    assert any(f"/elsewhere?pin={HOME_PIN}" in record.getMessage() for record in caplog.records
+               if record.name == "urllib3.connectionpool")
 
 
 def test_home_users__a_missing_or_wrong_pin_is_home_pin_required(httpserver: HTTPServer, config: Config) -> None:
@@ -4672,6 +4685,30 @@ def test_connect__preference_beats_speed_and_only_the_server_gets_its_token(conf
     for server in (slow_local, fast_remote, fast_relay, impostor):  # counted server-side: probes carry no token
         assert all("X-Plex-Token" not in request.headers for request, _ in server.log)
     assert len(slow_local.log) == 1
+
+
+def test_connect__a_redirect_to_the_server_proves_nothing(config: Config, identities: Any,
+                                                          httpserver: HTTPServer) -> None:
+    # An address that sends the probe on to the real server's /identity is not that server.
+    real = identities("machine-1")
+    httpserver.expect_request("/identity").respond_with_data(
+        "", status=302, headers={"Location": real.url_for("/identity")})
+    resource = server_resource(connection(httpserver, local=True))
+    with raises(plexauth.ServerUnreachableError) as info:
+        plexauth.connect(config, resource)
+    assert info.value.attempts == ((httpserver.url_for("").rstrip("/"), "GET /identity failed with 302 Found"),)
+    assert real.log == []
+
+
+def test_connect__hanging_lan_addresses_do_not_keep_a_working_one_untried(config: Config, fault_server: Any,
+                                                                         identities: Any) -> None:
+    hanging = [fault_server(silent) for _ in range(6)]  # a laptop away from home: its LAN addresses hang
+    remote = identities("machine-1")
+    resource = server_resource(*(plexauth.Connection(uri=f"http://127.0.0.1:{server.port}", local=True)
+                                 for server in hanging), connection(remote, local=False))
+    started = time.monotonic()
+    assert plexauth.connect(config, resource, timeout=1.0).server_url == remote.url_for("").rstrip("/")
+    assert time.monotonic() - started < 1.0 + 1.5  # after every more preferred one has had its chance
 
 
 def test_connect__another_server_is_never_chosen(config: Config, identities: Any) -> None:
@@ -4776,7 +4813,9 @@ def test_cli__servers_and_connect(cli: Any, httpserver: HTTPServer, identities: 
     remote.clear()  # both now answer 500: no connection qualifies
     code, _, err = cli("connect", "Living Room")
     assert code == 6
-    assert "no connection of 'Living Room' proved to be that server" in err
+    assert err == (f"plexauth: error: GET /identity could not complete: no connection of 'Living Room' proved to be "
+                   f"that server ({local.url_for('').rstrip('/')}: GET /identity failed with 500 Internal Server "
+                   f"Error; {remote.url_for('').rstrip('/')}: GET /identity failed with 500 Internal Server Error)\n")
 
 
 def test_cli__home_users_and_switch(cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch,
@@ -4803,6 +4842,13 @@ def test_cli__home_users_and_switch(cli: Any, httpserver: HTTPServer, monkeypatc
     assert cli("switch", "Kid") == (2, "", "plexauth: error: pin must be the Home PIN: 4 digits as text\n")
     assert cli("switch", "Nobody")[2] == "plexauth: error: no Home user named 'Nobody' (plexauth home-users lists " \
         "them)\n"
+    httpserver.clear()  # a token that holds the PIN's digits is printed whole: it was asked for
+    httpserver.expect_request("/api/v2/home/users").respond_with_json(HOME_USERS)
+    httpserver.expect_request("/api/v2/home/users/kid-uuid-0001/switch").respond_with_json(
+        {**ACCOUNT, "authToken": f"KID-{HOME_PIN}-TOKEN"}, status=201)
+    monkeypatch.setenv("PLEX_HOME_PIN", HOME_PIN)
+    assert cli("switch", "Kid", "--json")[1] == json.dumps({"uuid": "kid-uuid-0001", "title": "Kid",
+                                                            "authToken": f"KID-{HOME_PIN}-TOKEN"}, indent=2) + "\n"
     httpserver.clear()
     twins = {"users": [{"id": 1, "uuid": "a", "title": "Sam"}, {"id": 2, "uuid": "b", "title": "Sam"}]}
     httpserver.expect_request("/api/v2/home/users").respond_with_json(twins)
