@@ -3410,7 +3410,9 @@ def _cmd_connect(args: Any) -> int:
         chosen = connect(config, resource)
     except ServerUnreachableError as exc:  # what each connection did, for the user to act on
         tried = "; ".join(f"{uri}: {reason}" for uri, reason in exc.attempts)
-        raise _Exit(f"{exc}{' (' + tried + ')' if tried else ''}", _exit_code(exc)) from None
+        # The connections come from plex.tv, which could put the server's token in one.
+        text = _shown(f"{exc}{' (' + tried + ')' if tried else ''}", (resource.access_token or "",))
+        raise _Exit(text, _exit_code(exc)) from None
     token = chosen.token or ""  # the server's own: printed only when asked, as source-info's
     data: dict[str, Any] = {"url": chosen.server_url, "name": resource.name,
                             "clientIdentifier": resource.client_identifier}
@@ -3635,9 +3637,11 @@ def main(argv: list[str] | None = None) -> int:
         if verbose:
             import traceback  # noqa: PLC0415
 
-            _emit(sys.stderr, _shown(traceback.format_exc().rstrip("\n"), secrets))
+            lines = _shown(traceback.format_exc().rstrip("\n"), secrets).split("\n")
+            _emit(sys.stderr, "\n".join(_printable(line) for line in lines))
         code, text = _explained(exc, verbose)
-        _emit(sys.stderr, f"plexauth: error: {_shown(text, secrets)}")
+        # What a server said may be in it: no terminal escapes, as in every line printed.
+        _emit(sys.stderr, f"plexauth: error: {_printable(_shown(text, secrets))}")
         return code
     finally:
         for logger, level in zip(loggers, levels):

@@ -4809,6 +4809,14 @@ def test_cli__servers_and_connect(cli: Any, httpserver: HTTPServer, identities: 
     assert (target.read_text(), target.stat().st_mode & 0o777) == (ACCESS_TOKEN + "\n", 0o600)
     assert cli("connect", "Kitchen")[0::2] == (2, "plexauth: error: no server named 'Kitchen' (plexauth servers "
                                                   "lists them)\n")
+    httpserver.clear()  # a connection plex.tv lists with the server's token in it: never shown
+    leaky = {**server, "connections": [{"uri": f"http://127.0.0.1:1/{ACCESS_TOKEN}", "local": True}]}
+    httpserver.expect_request("/api/v2/resources").respond_with_json([leaky])
+    code, _, err = cli("connect", "Living Room")
+    assert code == 6
+    assert ACCESS_TOKEN not in err  # (the cli fixture checks it too)
+    httpserver.clear()
+    httpserver.expect_request("/api/v2/resources").respond_with_json([server, RESOURCES[1]])
     local.clear()
     remote.clear()  # both now answer 500: no connection qualifies
     code, _, err = cli("connect", "Living Room")
@@ -5099,6 +5107,17 @@ def test_cli__what_a_server_sends_cannot_drive_the_terminal(cli: Any, httpserver
     code, _, err = cli("link", "--save-token", str(tmp_path / "token"))
     assert code == 0
     assert "enter the code AB\\x1b]0;title\\x07\\x0aCD (waiting" in err
+
+
+def test_cli__error_lines_carry_no_terminal_escapes(cli: Any, httpserver: HTTPServer, token_env: None) -> None:
+    body = {"errors": [{"code": 1001, "message": "bad\x1b[2J token \u202edesrever", "status": 401}]}
+    httpserver.expect_request("/api/v2/user").respond_with_json(body, status=401)
+    for verbose in ([], ["-v"]):
+        code, _, err = cli("whoami", *verbose)
+        assert code == 3
+        assert "\x1b" not in err
+        assert "\u202e" not in err  # the library makes ESC a space; the command line escapes the bidi control
+        assert err.endswith("failed with 401 Unauthorized: bad [2J token \\u202edesrever (code 1001)\n")
 
 
 def test_cli__kept_client_identifier_or_token_that_no_header_can_carry(
