@@ -2566,7 +2566,10 @@ def connect(config: Config, resource: Resource, *, timeout: float = 5.0) -> Conf
     Each candidate's ``/identity`` is asked at once (a few at a time),
     without any token; one qualifies when it answers with the resource's
     machine identifier, so the token never reaches a stale address that now
-    belongs to another device.  Preference wins over speed: a less preferred
+    belongs to another device.  That proof holds where TLS checks the name,
+    over https (plex.direct certificates name the server; https is tried
+    first, with ``config.verify``): over plain http any device can repeat
+    what a server's ``/identity`` says.  Preference wins over speed: a less preferred
     connection is taken only once every more preferred one has failed, or
     ``timeout`` seconds (for the whole choice) have passed.  Raises
     ``ServerUnreachableError`` when none qualifies, ``ValueError`` for a

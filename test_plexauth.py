@@ -19,7 +19,11 @@ urllib3 1.26 and 2.x.
   with odd declared encodings and entities, nesting 40, 1 000 or 100 000
   deep, numbers of 20 to 5 000 digits, invalid UTF-8, raw bytes, the
   secrets echoed in many forms, each possibly cut anywhere
-  (``test_property__any_answer_gives_model_or_plexauth_error``).
+  (``test_property__any_answer_gives_model_or_plexauth_error``); ``connect``
+  given the same answers chooses the server only for its identity, else
+  raises ``ServerUnreachableError``, and no probe carries a token
+  (``test_property__connect_gives_the_server_or_unreachable``; its faults:
+  ``test_connect__faults_are_reasons_of_unreachable``).
 - **No answer for another request**: 16 threads × 40 calls, each with its own
   token, against a keep-alive server that mixes ``103``, ``100`` and ``102``
   interim answers, unasked extra answers, a 204 with a body, garbage and
@@ -57,7 +61,9 @@ urllib3 1.26 and 2.x.
   ``Retry-After`` past the bound is not waited for
   (``test_deadline__retry_waits_count``); ``wait_for_pin(timeout=2)``
   against a trickling PIN check ends in ``PinExpiredError``
-  (``test_deadline__trickling_pin_check_ends_within_the_wait``).
+  (``test_deadline__trickling_pin_check_ends_within_the_wait``);
+  ``connect(timeout=1)`` with every candidate stalled or hanging ends in time
+  (``test_connect__ends_within_timeout_when_every_candidate_stalls``).
 - **Secrets**: every exception the suite provokes goes through one checker
   (``raises``) that searches its ``str``, ``repr``, ``args``, fields,
   pickle, exception chain and traceback for the canary token, password,
@@ -2978,6 +2984,35 @@ def test_property__any_answer_gives_model_or_plexauth_error(scripted_server: Any
         assert str(error).startswith(f"{op.method} {op.path} ")
 
 
+IDENTITY = {"MediaContainer": {"size": 0, "machineIdentifier": "machine-1", "version": "1.40"}}
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(answer=answers, identity=st.booleans())
+def test_property__connect_gives_the_server_or_unreachable(scripted_server: Any, answer: Any,
+                                                           identity: bool) -> None:
+    server, current = scripted_server
+    current.update(answer)
+    if identity:  # the right identity, under whatever status and headers were drawn
+        current["body"] = json.dumps(IDENTITY).encode()
+    url = server.url_for("").rstrip("/")
+    config = Config(CLIENT_ID, token=TOKEN, server_url="http://127.0.0.1:1", retries=0, timeout=5.0)
+    seen = len(server.log)
+    try:
+        chosen = plexauth.connect(config, server_resource(plexauth.Connection(uri=url, local=True)))
+    except plexauth.ServerUnreachableError as exc:
+        ((tried, reason),) = exc.attempts
+        assert tried == url
+        assert reason
+        sweep(exc, (TOKEN, AUTH_TOKEN, ACCESS_TOKEN, SERVICE_TOKEN, SERVICE_SECRET, PIN_TOKEN, "CANARY-hashed-pin"))
+    else:
+        assert 200 <= answer["status"] < 300
+        assert (chosen.server_url, chosen.token) == (url, ACCESS_TOKEN)
+    probes = server.log[seen:]
+    assert len(probes) == 1  # one probe, no redirect followed, no retry
+    assert "X-Plex-Token" not in probes[0][0].headers
+
+
 # ===========================================================================
 # Tests: hostile servers
 # ===========================================================================
@@ -4630,10 +4665,11 @@ def test_home_users__a_missing_or_wrong_pin_is_home_pin_required(httpserver: HTT
     assert sent == "/api/v2/home/users/a%2Fb%3Fc/switch"  # the uuid is one path segment, and no query
 
 
-def identity_server(machine: str, delay: float = 0.0) -> HTTPServer:
+def identity_server(machine: str, delay: float = 0.0, ssl_context: Any = None) -> HTTPServer:
     """A Plex Media Server's /identity on 127.0.0.1, answering as ``machine``
-    after ``delay`` seconds (its own pace, as a slow LAN server's)."""
-    server = HTTPServer(host="127.0.0.1", port=0)
+    after ``delay`` seconds (its own pace, as a slow LAN server's), over TLS
+    with ``ssl_context``."""
+    server = HTTPServer(host="127.0.0.1", port=0, ssl_context=ssl_context)
 
     def answer(request: Any) -> Any:
         from werkzeug import Response
@@ -4651,8 +4687,8 @@ def identity_server(machine: str, delay: float = 0.0) -> HTTPServer:
 def identities():
     made: list[HTTPServer] = []
 
-    def make(machine: str, delay: float = 0.0) -> HTTPServer:
-        made.append(identity_server(machine, delay))
+    def make(machine: str, delay: float = 0.0, ssl_context: Any = None) -> HTTPServer:
+        made.append(identity_server(machine, delay, ssl_context))
         return made[-1]
 
     yield make
@@ -4761,6 +4797,58 @@ def test_connect__ends_within_timeout_when_every_candidate_stalls(config: Config
     assert_no_secret(repr(info.value.__dict__))
 
 
+def test_connect__https_first_and_only_with_a_trusted_certificate(config: Config, identities: Any,
+                                                                 tmp_path: Any) -> None:
+    # The identity check proves identity only where TLS verifies the name (plex.direct's
+    # certificates): over plain http any address can repeat what the real /identity says.
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    secure = identities("machine-1", delay=0.3, ssl_context=context)  # slower than the plain one
+    plain = identities("machine-1")
+    https_uri = secure.url_for("").rstrip("/")
+    assert https_uri.startswith("https://127.0.0.1:")
+    resource = server_resource(connection(plain, local=True),
+                               plexauth.Connection(uri=https_uri, protocol="https", local=True))
+    chosen = plexauth.connect(dataclasses.replace(config, verify=str(bundle)), resource)
+    assert (chosen.server_url, chosen.token, chosen.verify) == (https_uri, ACCESS_TOKEN, str(bundle))
+    # Without the CA the certificate is not trusted: that candidate fails by name, the plain one is next.
+    assert plexauth.connect(config, resource).server_url == plain.url_for("").rstrip("/")
+    with raises(plexauth.ServerUnreachableError) as info:
+        plexauth.connect(config, server_resource(resource.connections[1], https_required=True))
+    ((uri, reason),) = info.value.attempts
+    assert uri == https_uri
+    assert reason.startswith(f"the TLS certificate of {https_uri} is not trusted (")
+    for server in (secure, plain):  # counted server-side: no probe carried a token
+        assert server.log
+        assert all("X-Plex-Token" not in request.headers for request, _ in server.log)
+
+
+@pytest.mark.parametrize(
+    ("handler", "reason"),
+    [(reset, "the connection to {} broke ("), (garbage, "the connection to {} broke ("),
+     (silent, "{} sent nothing for 0.5 s (timed out)"), (short_body, "the connection to {} broke ("),
+     (reset_mid_body, "the connection to {} broke (")],
+    ids=["reset", "garbage", "stall", "short-body", "reset-mid-body"],
+)
+def test_connect__faults_are_reasons_of_unreachable(fault_server: Any, handler: Any, reason: str) -> None:
+    server = fault_server(handler)
+    uri = f"http://127.0.0.1:{server.port}"
+    with raises(plexauth.ServerUnreachableError) as info:
+        plexauth.connect(fault_config(server.port), server_resource(plexauth.Connection(uri=uri, local=True)))
+    ((tried, why),) = info.value.attempts
+    assert tried == uri
+    assert why.startswith(reason.format(uri)), why
+    assert (info.value.__cause__, info.value.__context__) == (None, None)
+    assert server.connections == 1  # a probe is never retried: the choice has its own time limit
+
+
 def test_connect__wrong_arguments(config: Config) -> None:
     player = plexauth.Resource(client_identifier="phone-1", provides=("client", "player"))
     with pytest.raises(ValueError, match=r"is not a server \(it provides client, player\)"):
@@ -4807,6 +4895,11 @@ def test_cli__servers_and_connect(cli: Any, httpserver: HTTPServer, identities: 
     assert (code, out, err) == (0, local.url_for("").rstrip("/") + "\n", f"plexauth: the server's token saved to "
                                                                       f"{target}\n")
     assert (target.read_text(), target.stat().st_mode & 0o777) == (ACCESS_TOKEN + "\n", 0o600)
+    # The README's walkthrough, on: the transient token minted with the server's own token.
+    local.expect_request("/security/token").respond_with_json({"MediaContainer": {"token": TRANSIENT}})
+    assert cli("transient-token", "--server", out.strip(), "--token-file", str(target), shown=(TRANSIENT,)) == (
+        0, TRANSIENT + "\n", "")
+    assert requests_seen(local)[-1].headers["X-Plex-Token"] == ACCESS_TOKEN
     assert cli("connect", "Kitchen")[0::2] == (2, "plexauth: error: no server named 'Kitchen' (plexauth servers "
                                                   "lists them)\n")
     httpserver.clear()  # a connection plex.tv lists with the server's token in it: never shown
@@ -5442,11 +5535,10 @@ def test_readme__guarantees_name_real_tests() -> None:
     for promise in (
         f"A body stops at {plexauth.MAX_BODY_BYTES // 2**20} MiB (``MAX_BODY_BYTES``)",
         f"up to {plexauth._MAX_INTERIM_ANSWERS} before the final one",
-        f"``total_timeout`` (default {Config(CLIENT_ID).total_timeout:g} s)",
-        f"JSON of more than {figure(plexauth._MAX_NODES)} objects and lists",
-        f"XML of more than {figure(plexauth._MAX_NODES)} elements and attributes or nested deeper than "
-        f"{plexauth._MAX_XML_DEPTH}",
-        "a call grows its process by less than 64 MiB",
+        f"``total_timeout`` ({Config(CLIENT_ID).total_timeout:g} s)",
+        f"JSON of over {figure(plexauth._MAX_NODES)} containers",
+        f"XML of over {figure(plexauth._MAX_NODES)} nodes or {plexauth._MAX_XML_DEPTH} levels",
+        "a call grows its process by < 64 MiB",
     ):
         assert promise in readme, promise
 
