@@ -186,6 +186,7 @@ class _Record:
                     continue
                 value = self.__dict__[field.name]
                 if field.metadata.get("secret") and value is not None:
+                    gathered.add(str(value))  # also where the server repeated it (a connection's URI)
                     parts.append(f"{field.name}='***'")
                 else:
                     parts.append(f"{field.name}={value!r}")
@@ -450,9 +451,10 @@ def _strs(value: Any) -> tuple[str, ...]:
 
 
 def _field(key: str, convert: Callable[[Any], Any], *, secret: bool = False, required: bool = False,
-           default: Any = None) -> Any:
-    """A model field decoded from wire key ``key`` by ``convert``."""
-    metadata = {"key": key, "convert": convert, "secret": secret, "required": required}
+           default: Any = None, alias: str | None = None) -> Any:
+    """A model field decoded from wire key ``key`` (or ``alias`` when the
+    answer lacks ``key``) by ``convert``."""
+    metadata = {"key": key, "convert": convert, "secret": secret, "required": required, "alias": alias}
     return dataclasses.field(default=dataclasses.MISSING if required else default, metadata=metadata)
 
 
@@ -471,13 +473,14 @@ class _Plan:
     """How to decode one model class, worked out from its fields once.  (A
     plain class: making a typing.NamedTuple took 0.1 to 0.25 ms of the import.)"""
 
-    __slots__ = ("fields", "required")
+    __slots__ = ("aliases", "fields", "required")
 
     def __init__(self, fields: tuple[tuple[str, str, Callable[[Any], Any], type | None, Any], ...],
-                 required: tuple[tuple[str, str], ...]) -> None:
+                 required: tuple[tuple[str, str], ...], aliases: tuple[tuple[str, str], ...]) -> None:
         # (field name, wire key, converter, the type taken as is, the value when missing)
         self.fields = fields
         self.required = required  # (field name, wire key) of those that must be there
+        self.aliases = aliases  # (other wire key, wire key): another shape of the same answer
 
 
 @functools.lru_cache(maxsize=None)
@@ -487,6 +490,7 @@ def _plan(cls: type) -> _Plan:
         tuple((name, meta["key"], meta["convert"], _TAKEN_AS_IS.get(meta["convert"]), meta["convert"](None))
               for name, meta in decoded),
         tuple((name, meta["key"]) for name, meta in decoded if meta["required"]),
+        tuple((meta["alias"], meta["key"]) for _, meta in decoded if meta["alias"]),
     )
 
 
@@ -496,9 +500,13 @@ def _build(cls: type[_M], data: Any) -> _M:
         raise _Invalid(f"expected an object for {cls.__name__}, got {type(data).__name__}")
     model_class: Any = cls
     plan = _plan(model_class)
+    found = data
+    for alias, key in plan.aliases:
+        if key not in found and alias in found:
+            found = {**found, key: found[alias]}
     values = {}
     for name, key, convert, as_is, missing in plan.fields:
-        value = data.get(key)
+        value = found.get(key)
         values[name] = value if value.__class__ is as_is else missing if value is None else convert(value)
     for name, key in plan.required:
         if values[name] is None:
@@ -702,7 +710,8 @@ class Resource(_Record):
     public_address_matches: bool | None = _field("publicAddressMatches", _bool)
     dns_rebinding_protection: bool | None = _field("dnsRebindingProtection", _bool)
     nat_loopback_supported: bool | None = _field("natLoopbackSupported", _bool)
-    connections: tuple[Connection, ...] = _field("connections", _many(Connection), default=())
+    # plex.tv's legacy XML (<Device><Connection/></Device>) names them as a server's own list does.
+    connections: tuple[Connection, ...] = _field("connections", _many(Connection), default=(), alias="Connection")
     raw: Mapping[str, Any] = _raw()
 
 
@@ -1649,7 +1658,9 @@ _GAPS = r"[\s\x00]+"
 # (whose quoted attribute values may).
 _TAGS = r"(?s)<!--.*?-->|<(?:[^<>\"']|\"[^\"]*\"|'[^']*')*>"
 _COMMENTS = r"(?s)<!--.*?-->"
-_BASE64_RUN = r"[A-Za-z0-9+/_-]{8,}"
+#: Base64 runs read as such: as long as the base64 of the shortest secret (a
+#: Home PIN's is 6 characters), but never shorter than 6, nor longer than 8.
+_BASE64_RUN = r"[A-Za-z0-9+/_-]{%d,}"
 _HEX_RUN = r"(?:[0-9a-fA-F]{2}){4,}"
 #: _reveals decodes base64 and hex this many times over (hex of base64, base64 twice...).
 _DECODE_DEPTH = 2
@@ -1669,6 +1680,9 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
     if not wanted:
         return False
     import html  # noqa: PLC0415 (only shown text is checked)
+
+    shortest = min(len(secret.encode("utf-8", "surrogatepass")) for secret in secrets if secret)
+    base64_run = _BASE64_RUN % min(max(-(-4 * shortest // 3), 6), 8)
 
     uncdata = text.replace("<![CDATA[", "").replace("]]>", "")
     untagged = re.sub(_TAGS, "", uncdata)
@@ -1691,7 +1705,7 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
                 if any(secret in folded for secret in wanted):
                     return True
                 if depth < _DECODE_DEPTH:
-                    runs.update(re.findall(_BASE64_RUN, joined))
+                    runs.update(re.findall(base64_run, joined))
                     runs.update(re.findall(_HEX_RUN, joined))
             if len(candidate_views) > _UNESCAPE_PASSES:
                 return True  # escaped more times over than the views undo: withheld, to be safe
@@ -1979,10 +1993,10 @@ def _shown_value(value: Any, secrets: tuple[str, ...]) -> Any:
     return value
 
 
-def _shown_error(text: str, secrets: tuple[str, ...]) -> tuple[int | None, str | None, tuple[Any, ...], bytes]:
-    """(code, message, errors, body) of an error body, fit to show."""
+def _shown_error(text: str, secrets: tuple[str, ...]) -> tuple[str | None, tuple[Any, ...], bytes]:
+    """(message, errors, body) of an error body, fit to show."""
     text = _mask(text, secrets)
-    code, parsed_message, parsed = _error_details(text)
+    _, parsed_message, parsed = _error_details(text)
     # What parsing made of the text (entities, comments, joined spaces) is
     # masked again; when that, or _reveals, finds what masking the text did
     # not, the text hides a secret where it cannot be cut out: it is withheld.
@@ -1993,28 +2007,29 @@ def _shown_error(text: str, secrets: tuple[str, ...]) -> tuple[int | None, str |
     body = b"" if withheld else text.encode("utf-8")[:_KEPT_ERROR_BODY]
     if message is not None:
         message = message[:_KEPT_MESSAGE]  # cut after masking: a cut secret would no longer be found
-    if _shown_value(code, secrets) != code:  # a number can be a secret too (a 2FA code)
-        code = None
-    return code, message, errors, body
+    return message, errors, body
 
 
 def _api_error(answer: _Answer, request: _Request) -> APIError:
     secrets = request.secrets
     text = _text(answer.body, strict=False)
+    # The kind of error is read from the server's own text, before masking
+    # rewrites it: a Home PIN of 1041, or one echoed as a JSON number, must
+    # not turn HomePinRequiredError into a plain APIError.
+    kind = _error_details(text)[0]
     try:
-        code, message, errors, body = _shown_error(text, secrets)
+        message, errors, body = _shown_error(text, secrets)
     except _OutOfTime:  # the deadline passed while masking: only the status and code are kept
-        code, message, errors, body = _error_details(text)[0], None, (), b""
-        if _shown_value(code, secrets) != code:  # a short text: masked in time
-            code = None
+        message, errors, body = None, (), b""
+    code = kind if _shown_value(kind, secrets) == kind else None  # a number can be a secret too (a 2FA code)
     status = answer.status
     kwargs: dict[str, Any] = {"method": request.method, "path": request.path, "errors": errors, "body": body}
     cls: type[APIError] = APIError
-    if code == _CODE_TWO_FACTOR:
+    if kind == _CODE_TWO_FACTOR:
         cls = TwoFactorRequiredError
-    elif code == _CODE_HOME_PIN:
+    elif kind == _CODE_HOME_PIN:
         cls = HomePinRequiredError
-    elif status == 429 or code == _CODE_RATE_LIMITED:
+    elif status == 429 or kind == _CODE_RATE_LIMITED:
         cls = RateLimitedError
         wait = _retry_after(answer.headers)
         kwargs["retry_after"] = wait if _shown_value(wait, secrets) == wait else None
@@ -2548,7 +2563,8 @@ def _candidates(resource: Resource) -> list[str]:
         if not uri or (connection.local and resource.owned is False) or (resource.https_required and not https):
             continue  # another's LAN is not ours to probe; plain http when the server wants https
         place = 2 if connection.relay else 0 if connection.local else 1
-        ranked.append(((place, not https, connection.ipv6 is True), uri))
+        ipv6 = connection.ipv6 is True or uri.partition("://")[2].startswith("[")  # a literal plex.tv did not flag
+        ranked.append(((place, not https, ipv6), uri))
     ranked.sort(key=lambda item: item[0])  # stable: plex.tv's order within a rank
     return list(dict.fromkeys(uri for _, uri in ranked))
 
@@ -2589,10 +2605,20 @@ def connect(config: Config, resource: Resource, *, timeout: float = 5.0) -> Conf
     limit = _check_seconds("timeout", timeout)
     _prepared(config)  # a wrong config is the caller's TypeError, before any thread
     deadline = time.monotonic() + limit
+    # plex.tv writes the connections: one could hold the server's token (or the
+    # caller's), which then must not travel to an unproven address, nor show.
+    secrets = tuple(secret for secret in (resource.access_token, config.token) if secret)
+    candidates = _candidates(resource)
+    # More candidates than run at once go in waves, each probe held to its
+    # share of the time, so that hanging ones cannot keep the rest untried.
+    share = limit / -(-len(candidates) // _MAX_PROBES) if candidates else limit
 
     def probe(uri: str) -> str | None:
         """None when ``uri`` is the server, else why not."""
-        left = max(deadline - time.monotonic(), 0.001)  # one that starts late ends at once, by its time limit
+        if _shown(uri, secrets) != uri:
+            return "not tried: its URI holds a token"
+        # One that starts late ends at once, by its time limit.
+        left = max(min(deadline - time.monotonic(), share), 0.001)
         try:
             probing = dataclasses.replace(config, server_url=uri, token=None, retries=0, total_timeout=left,
                                           timeout=min(config.timeout, left))
@@ -2601,7 +2627,7 @@ def connect(config: Config, resource: Resource, *, timeout: float = 5.0) -> Conf
         try:
             # Its own answer: a redirect would let any address pass on another server's identity.
             found = _call(probing, "GET", "/identity", _machine_identifier, on_server=True, send_token=False,
-                          redirects=False)
+                          secrets=secrets, redirects=False)
         except TransportError as exc:
             return exc.reason
         except PlexAuthError as exc:  # an answer, but not the identity
@@ -2610,7 +2636,6 @@ def connect(config: Config, resource: Resource, *, timeout: float = 5.0) -> Conf
             return f"answered as another server ({_printable(found[:64])!r})"
         return None
 
-    candidates = _candidates(resource)
     reasons: dict[str, str] = {}
     chosen = None
     if candidates:
@@ -2631,7 +2656,8 @@ def connect(config: Config, resource: Resource, *, timeout: float = 5.0) -> Conf
                 future.cancel()  # those not started; a running probe ends by the deadline on its own
             pool.shutdown(wait=False)
     if chosen is None:
-        attempts = tuple((uri, reasons.get(uri, f"no answer within {limit:g} s")) for uri in candidates)
+        attempts = tuple((_shown(uri, secrets), reasons.get(uri, f"no answer within {limit:g} s"))
+                         for uri in candidates)
         what = f"no connection of {resource.name or resource.client_identifier!r} proved to be that server"
         if not candidates:
             what = f"{resource.name or resource.client_identifier!r} has no connection that may be tried from here"
@@ -3098,11 +3124,13 @@ def _show(args: Any, data: dict[str, Any], lines: list[str], *, token: str | Non
     """Print a command's result: what the server sent, with the run's own
     secrets masked (a server may echo them anywhere), except ``token``, the
     new token this command was asked to print (it may hold a PIN's digits)."""
-    secrets = tuple(args.secrets)
+    secrets = tuple(secret for secret in args.secrets if secret != token)
 
     def shown(value: Any) -> Any:
         if isinstance(value, str):
-            return value if value == token else _shown(value, secrets, keys=False)
+            if token and token in value:  # the token as asked for; what is around it masked as ever
+                return token.join(shown(part) for part in value.split(token))
+            return _shown(value, secrets, keys=False)
         if isinstance(value, dict):
             return {key: shown(item) for key, item in value.items()}
         return [shown(item) for item in value] if isinstance(value, list) else value
@@ -3383,6 +3411,7 @@ def _servers(config: Config) -> list[Resource]:
 def _cmd_servers(args: Any) -> int:
     data, lines = [], []
     for resource in _servers(_config(args)):
+        args.secrets.append(resource.access_token or "")  # plex.tv could put it in a connection's URI
         connections, connection_lines = _connections_shown(resource.connections)
         whose = "owned" if resource.owned else f"shared by {resource.source_title or '?'}"
         data.append({"name": resource.name, "clientIdentifier": resource.client_identifier, "owned": resource.owned,
@@ -3424,7 +3453,8 @@ def _cmd_connect(args: Any) -> int:
         _say(f"the server's token saved to {args.save_token}")
     if args.show_token:
         data["accessToken"] = token
-    _show(args, data, [chosen.server_url] + ([f"access token: {token}"] if args.show_token else []))
+    _show(args, data, [chosen.server_url] + ([f"access token: {token}"] if args.show_token else []),
+          token=token if args.show_token else None)
     return 0
 
 
@@ -3470,7 +3500,7 @@ def _cmd_source_info(args: Any) -> int:
     if args.show_token:
         data["accessToken"] = info.access_token
         lines.append(f"access token: {info.access_token or '-'}")
-    _show(args, data, lines)
+    _show(args, data, lines, token=info.access_token if args.show_token else None)
     return 0
 
 

@@ -4590,6 +4590,22 @@ def test_resources__json_and_xml_decode_equal(httpserver: HTTPServer, config: Co
     assert plexauth.get_resources(config) == plexauth.get_resources(config)
 
 
+def test_resources__legacy_xml_devices_decode_their_connections(httpserver: HTTPServer, config: Config) -> None:
+    # plex.tv's legacy list: <MediaContainer><Device ...><Connection .../></Device></MediaContainer>.
+    legacy = (f'<MediaContainer size="1"><Device name="Living Room" clientIdentifier="0123456789abcdef" '
+              f'provides="server" owned="1" accessToken="{ACCESS_TOKEN}" createdAt="1556281940">'
+              '<Connection protocol="https" address="192.0.2.10" port="32400" '
+              'uri="https://192-0-2-10.abc.plex.direct:32400" local="1"/>'
+              '<Connection protocol="https" address="198.51.100.7" port="32400" '
+              'uri="https://198-51-100-7.abc.plex.direct:32400" local="0"/></Device></MediaContainer>')
+    httpserver.expect_request("/api/v2/resources").respond_with_data(legacy, content_type="application/xml")
+    (server,) = plexauth.get_resources(config)
+    assert [(c.uri, c.local, c.port) for c in server.connections] == [
+        ("https://192-0-2-10.abc.plex.direct:32400", True, 32400),
+        ("https://198-51-100-7.abc.plex.direct:32400", False, 32400)]
+    assert server.created_at == datetime.datetime(2019, 4, 26, 12, 32, 20, tzinfo=datetime.timezone.utc)
+
+
 def test_resources__one_without_a_client_identifier_is_a_response_error(httpserver: HTTPServer,
                                                                         config: Config) -> None:
     httpserver.expect_request("/api/v2/resources").respond_with_json([{"name": "x"}])
@@ -4663,6 +4679,33 @@ def test_home_users__a_missing_or_wrong_pin_is_home_pin_required(httpserver: HTT
     assert plexauth.switch_home_user(config, odd) == AUTH_TOKEN
     sent = requests_seen(httpserver)[-1].environ["REQUEST_URI"]
     assert sent == "/api/v2/home/users/a%2Fb%3Fc/switch"  # the uuid is one path segment, and no query
+
+
+@pytest.mark.parametrize("echo", ["1041", "number"])
+def test_home_users__a_pin_that_spells_the_code_or_is_echoed_as_a_number_is_still_home_pin_required(
+        httpserver: HTTPServer, config: Config, echo: str) -> None:
+    # Masking rewrites the body before it is shown: the kind of error is read before that.
+    pin = "1041" if echo == "1041" else HOME_PIN
+    body = '{"errors": [{"code": 1041, "message": "Invalid PIN", "status": 403}], "pin": ' + pin + "}"
+    httpserver.expect_request("/api/v2/home/users/kid-uuid-0001/switch").respond_with_data(
+        body, status=403, content_type="application/json")
+    with raises(plexauth.HomePinRequiredError) as info:
+        plexauth.switch_home_user(config, plexauth.HomeUser(id=2, uuid="kid-uuid-0001"), pin=pin)
+    assert info.value.code == (None if pin == "1041" else 1041)  # a code that spells the PIN is not shown
+    assert pin not in str(info.value)
+
+
+def test_home_users__the_pin_echoed_in_every_form_is_masked(httpserver: HTTPServer, config: Config) -> None:
+    forms = echo_forms(HOME_PIN)
+    kid = plexauth.HomeUser(id=2, uuid="kid-uuid-0001")
+    for form, text in forms.items():
+        httpserver.clear()
+        body = {"errors": [{"code": 1041, "message": f"PIN {text} is wrong"}]}
+        httpserver.expect_request("/api/v2/home/users/kid-uuid-0001/switch").respond_with_json(body, status=403)
+        with pytest.raises(plexauth.HomePinRequiredError) as info:
+            plexauth.switch_home_user(config, kid, pin=HOME_PIN)
+        sweep(info.value, (HOME_PIN,))
+        assert str(info.value).startswith("POST /api/v2/home/users/kid-uuid-0001/switch failed with 403"), form
 
 
 def identity_server(machine: str, delay: float = 0.0, ssl_context: Any = None) -> HTTPServer:
@@ -4849,6 +4892,50 @@ def test_connect__faults_are_reasons_of_unreachable(fault_server: Any, handler: 
     assert server.connections == 1  # a probe is never retried: the choice has its own time limit
 
 
+def test_connect__a_uri_holding_a_token_is_never_probed(config: Config, identities: Any,
+                                                       fault_server: Any) -> None:
+    # plex.tv writes the connections: one holding the server's (or the caller's) token
+    # would hand it to an address that has proved nothing, and show it everywhere.
+    stale = fault_server(answer(http_answer(200, json.dumps(IDENTITY).encode())))  # it would pass, if asked
+    right = identities("machine-1", delay=0.2)
+    leaky = [f"http://127.0.0.1:{stale.port}/{ACCESS_TOKEN}", f"http://127.0.0.1:{stale.port}/?t={TOKEN}",
+             f"http://u:{ACCESS_TOKEN}@127.0.0.1:{stale.port}",
+             f"http://127.0.0.1:{stale.port}/{''.join(f'%{byte:02X}' for byte in ACCESS_TOKEN.encode())}"]
+    resource = server_resource(*(plexauth.Connection(uri=uri, local=True) for uri in leaky),
+                               connection(right, local=False))
+    assert ACCESS_TOKEN not in repr(resource)  # the token is masked in the connections' URIs too
+    assert plexauth.connect(config, resource).server_url == right.url_for("").rstrip("/")
+    assert stale.connections == 0
+    with raises(plexauth.ServerUnreachableError) as info:
+        plexauth.connect(config, server_resource(*resource.connections[:4]))
+    assert [reason for _, reason in info.value.attempts] == ["not tried: its URI holds a token"] * 4
+    assert info.value.attempts[0][0] == f"http://127.0.0.1:{stale.port}/***"
+    assert stale.connections == 0
+
+
+def test_connect__more_candidates_than_run_at_once_all_get_tried(config: Config, fault_server: Any,
+                                                                 identities: Any) -> None:
+    # Hanging LAN addresses beyond the probes that run at once: each is held to its share
+    # of the time, so that the working one queued behind them is tried.
+    hanging = [fault_server(silent) for _ in range(plexauth._MAX_PROBES)]
+    remote = identities("machine-1")
+    resource = server_resource(*(plexauth.Connection(uri=f"http://127.0.0.1:{server.port}", local=True)
+                                 for server in hanging), connection(remote, local=False))
+    started = time.monotonic()
+    assert plexauth.connect(config, resource, timeout=2.0).server_url == remote.url_for("").rstrip("/")
+    assert time.monotonic() - started < 2.0 + 1.5
+
+
+def test_connect__ipv4_before_an_ipv6_literal_plex_tv_did_not_flag(config: Config) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        closed = probe.getsockname()[1]
+    resource = server_resource(plexauth.Connection(uri=f"http://[::1]:{closed}", local=True),
+                               plexauth.Connection(uri=f"http://127.0.0.1:{closed}", local=True))
+    with raises(plexauth.ServerUnreachableError) as info:
+        plexauth.connect(config, resource)
+    assert [uri for uri, _ in info.value.attempts] == [f"http://127.0.0.1:{closed}", f"http://[::1]:{closed}"]
+
+
 def test_connect__wrong_arguments(config: Config) -> None:
     player = plexauth.Resource(client_identifier="phone-1", provides=("client", "player"))
     with pytest.raises(ValueError, match=r"is not a server \(it provides client, player\)"):
@@ -4902,6 +4989,17 @@ def test_cli__servers_and_connect(cli: Any, httpserver: HTTPServer, identities: 
     assert requests_seen(local)[-1].headers["X-Plex-Token"] == ACCESS_TOKEN
     assert cli("connect", "Kitchen")[0::2] == (2, "plexauth: error: no server named 'Kitchen' (plexauth servers "
                                                   "lists them)\n")
+    # An owned server's token may be the account's own: shown when asked for, as any other.
+    httpserver.clear()
+    same = {**server, "accessToken": TOKEN}
+    httpserver.expect_request("/api/v2/resources").respond_with_json([same])
+    assert cli("connect", "Living Room", "--show-token", shown=(TOKEN,))[1] == (
+        f"{local.url_for('').rstrip('/')}\naccess token: {TOKEN}\n")
+    httpserver.clear()  # plex.tv put the server's token in a connection: masked in the list
+    leaky_uri = {**server, "connections": [{"uri": f"http://127.0.0.1:1/?X-Plex-Token={ACCESS_TOKEN}"}]}
+    httpserver.expect_request("/api/v2/resources").respond_with_json([leaky_uri])
+    assert "connection: http://127.0.0.1:1/?X-Plex-Token=*** (remote)" in cli("servers")[1]
+    assert ACCESS_TOKEN not in cli("servers", "--json")[1]
     httpserver.clear()  # a connection plex.tv lists with the server's token in it: never shown
     leaky = {**server, "connections": [{"uri": f"http://127.0.0.1:1/{ACCESS_TOKEN}", "local": True}]}
     httpserver.expect_request("/api/v2/resources").respond_with_json([leaky])
