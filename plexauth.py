@@ -2949,7 +2949,7 @@ def load_device_key(path: str | os.PathLike[str]) -> DeviceKey:
             raise
         text = ""  # not text: not a JWK
     if text is None:
-        raise FileNotFoundError(errno.ENOENT, "no device key file", path)
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
     try:
         jwk = json.loads(text)
         if (jwk["kty"], jwk["crv"]) != ("OKP", "Ed25519"):
@@ -3020,10 +3020,11 @@ def get_jwt(config: Config, key: DeviceKey, *, scope: str = JWT_SCOPE) -> PlexJW
     """
     _prepared(config)
     private = _private_key(key)
+    _check_text("scope", scope)
     deadline = time.monotonic() + config.total_timeout
     nonce = _call(config, "GET", "/auth/nonce", _nonce, on_server=False, clients=True, send_token=False,
                   deadline=deadline)
-    device = _device_jwt(config, key, private, {"nonce": nonce, "scope": _check_text("scope", scope)})
+    device = _device_jwt(config, key, private, {"nonce": nonce, "scope": scope})
     return _call(config, "POST", "/auth/token", _issued_jwt, on_server=False, clients=True,
                  json_body={"jwt": device}, send_token=False, secrets=(device,), deadline=deadline)
 
