@@ -3073,7 +3073,7 @@ def verify_jwt(config: Config, token: str, *, key: DeviceKey | None = None) -> P
 
     def refused(reason: str) -> ResponseError:
         return ResponseError(reason, status=200, method="GET", path=path,
-                             sentence=f"the plex.tv JWT was refused: {reason} (checked with GET {path})")
+                             sentence=f"GET {path}: the plex.tv JWT was refused: {reason}")
 
     try:
         jwt = _decoded_jwt(token)

@@ -5860,8 +5860,7 @@ def test_verify_jwt__refuses(clients: Any, claims: dict[str, Any], sign: str, re
     with raises(ResponseError) as info:
         plexauth.verify_jwt(jwt_config, token, key=key)
     assert info.value.reason.startswith(reason)
-    assert str(info.value) == (f"the plex.tv JWT was refused: {info.value.reason} "
-                               "(checked with GET /clients/api/v2/auth/keys)")
+    assert str(info.value) == f"GET /clients/api/v2/auth/keys: the plex.tv JWT was refused: {info.value.reason}"
     sweep(info.value, (*CANARIES, token))
     assert plexauth.verify_jwt(jwt_config, plex_jwt(jwt_claims("jwt-device-3", thumbprint=key.kid),
                                                     fake.signing[1][1], "plex-key-1"), key=key)
