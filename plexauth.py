@@ -25,6 +25,7 @@ plexauth --help`` (or ``python plexauth.py --help`` when vendored).
 from __future__ import annotations
 
 import array
+import base64
 import bisect
 import contextlib
 import dataclasses
@@ -32,6 +33,7 @@ import datetime
 import enum
 import errno
 import functools
+import hashlib
 import http
 import http.client
 import io
@@ -57,6 +59,7 @@ __all__ = [
     # constants
     "MAX_BODY_BYTES",
     "MAX_RETRY_WAIT_SECONDS",
+    "JWT_SCOPE",
     # configuration
     "Config",
     # enums
@@ -72,6 +75,8 @@ __all__ = [
     "Pin",
     "Resource",
     "HomeUser",
+    "DeviceKey",
+    "PlexJWT",
     # errors
     "PlexAuthError",
     "APIError",
@@ -101,6 +106,13 @@ __all__ = [
     "connect",
     "get_home_users",
     "switch_home_user",
+    # JWT sign-in (the extra "jwt": cryptography)
+    "generate_device_key",
+    "save_device_key",
+    "load_device_key",
+    "register_device_key",
+    "get_jwt",
+    "verify_jwt",
     # command line
     "main",
 ]
@@ -287,7 +299,8 @@ class Config(_Record):
     ``timeout`` bounds each connect and each read; ``total_timeout`` bounds
     the whole call (every try, redirect, retry wait and read), so that a
     server that trickles its answer a byte at a time, or sends interim
-    answers without end, cannot hold a call longer.
+    answers without end, cannot hold a call longer.  ``clients_url`` is
+    clients.plex.tv's API, for JWT sign-in (``get_jwt``).
     """
 
     client_identifier: str
@@ -307,6 +320,7 @@ class Config(_Record):
     retries: int = 2
     verify: bool | str = True
     total_timeout: float = 60.0
+    clients_url: str = "https://clients.plex.tv/api/v2"
 
     def __post_init__(self) -> None:
         for name, _header in _PLEX_HEADERS:
@@ -315,6 +329,7 @@ class Config(_Record):
         _check_text("Config.token", self.token, optional=True, secret=True, header=True)
         _check_url("server_url", self.server_url)
         _check_url("plex_tv_url", self.plex_tv_url)
+        _check_url("clients_url", self.clients_url)
         _check_seconds("Config.timeout", self.timeout)
         _check_seconds("Config.total_timeout", self.total_timeout)
         if isinstance(self.retries, bool) or not isinstance(self.retries, int):
@@ -330,7 +345,8 @@ class Config(_Record):
     @classmethod
     def from_env(cls, **overrides: Any) -> Config:
         """Build a Config from ``PLEX_CLIENT_IDENTIFIER``, ``PLEX_TOKEN``,
-        ``PLEX_SERVER_URL`` and ``PLEX_TV_URL``; keyword arguments win.
+        ``PLEX_SERVER_URL``, ``PLEX_TV_URL`` and ``PLEX_CLIENTS_URL``;
+        keyword arguments win.
 
         Unset or empty variables are ignored.  Raises ``ValueError`` when no
         client identifier is given either way.
@@ -341,7 +357,8 @@ class Config(_Record):
         """
         values: dict[str, Any] = {}
         for name, variable in (("client_identifier", "PLEX_CLIENT_IDENTIFIER"), ("token", "PLEX_TOKEN"),
-                               ("server_url", "PLEX_SERVER_URL"), ("plex_tv_url", "PLEX_TV_URL")):
+                               ("server_url", "PLEX_SERVER_URL"), ("plex_tv_url", "PLEX_TV_URL"),
+                               ("clients_url", "PLEX_CLIENTS_URL")):
             if os.environ.get(variable):
                 values[name] = os.environ[variable]
         values.update(overrides)
@@ -734,6 +751,109 @@ class HomeUser(_Record):
     raw: Mapping[str, Any] = _raw()
 
 
+def _b64url(data: bytes) -> str:
+    """base64url without padding, as JOSE (JWT, JWK) writes bytes."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64url(text: Any, what: str) -> bytes:
+    """The bytes of base64url text without padding; ``_Invalid`` naming ``what`` otherwise."""
+    # Only the base64url alphabet: urlsafe_b64decode would drop other characters silently.
+    if not isinstance(text, str) or not re.fullmatch("[A-Za-z0-9_-]*", text) or len(text) % 4 == 1:
+        raise _Invalid(f"{what} is not base64url text")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _thumbprint(x: str) -> str:
+    """The RFC 7638 SHA-256 thumbprint of the Ed25519 public key ``x``: its
+    required members in lexicographic order, without white space."""
+    canonical = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": x}, separators=(",", ":"), sort_keys=True)
+    return _b64url(hashlib.sha256(canonical.encode("ascii")).digest())
+
+
+#: What JWT sign-in is given by default: the claims plex.tv puts in its JWT.
+JWT_SCOPE = "username,email,friendly_name,restricted,anonymous,joinedAt"
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class DeviceKey(_Record):
+    """A device's Ed25519 key for JWT sign-in: ``kid`` is the RFC 7638
+    thumbprint of ``public_jwk``, the public part plex.tv is given; ``d`` is
+    the private key (base64url, as a JWK holds it), masked in repr and never
+    sent.  Make one with ``generate_device_key``, keep it with
+    ``save_device_key``.  A wrong value is a ``ValueError`` (never showing ``d``).
+
+    Example::
+
+        key = generate_device_key()
+        print(key.kid, key.public_jwk["x"])
+    """
+
+    kid: str
+    public_jwk: Mapping[str, str] = dataclasses.field(hash=False)
+    d: str = dataclasses.field(compare=False, metadata={"secret": True})
+
+    def __post_init__(self) -> None:
+        jwk = self.public_jwk
+        if not isinstance(jwk, Mapping) or (jwk.get("kty"), jwk.get("crv")) != ("OKP", "Ed25519"):
+            raise ValueError("DeviceKey.public_jwk must be an Ed25519 JWK (kty 'OKP', crv 'Ed25519')")
+        x: Any = jwk.get("x")
+        for name, value in (("public_jwk['x']", x), ("d", self.d)):
+            try:
+                size = len(_unb64url(value, name))
+            except _Invalid:
+                size = 0
+            if size != 32:  # the value is not shown: it may be the private key
+                raise ValueError(f"DeviceKey.{name} must be a 32-byte Ed25519 key in base64url")
+        if self.kid != _thumbprint(x) or jwk.get("kid", self.kid) != self.kid:
+            raise ValueError(f"DeviceKey.kid must be the RFC 7638 thumbprint of the key, {_thumbprint(x)!r}")
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class PlexJWT(_Record):
+    """A plex.tv JWT and what its claims say: ``token`` (masked in repr) goes
+    in ``Config.token``; it expires at ``expires_at`` (7 days after
+    ``issued_at``), and ``thumbprint`` names the device key it was issued to.
+    ``user`` is the ``user`` claim, ``claims`` all of them, ``raw`` the
+    decoded header and claims.  Decoding checks nothing: ``verify_jwt`` does.
+    """
+
+    token: str = dataclasses.field(metadata={"secret": True})
+    issued_at: datetime.datetime | None
+    expires_at: datetime.datetime
+    thumbprint: str | None
+    user: Mapping[str, Any] = dataclasses.field(compare=False)
+    claims: Mapping[str, Any] = dataclasses.field(compare=False)
+    raw: Mapping[str, Any] = _raw()
+
+
+def _jwt_part(text: str, what: str) -> dict[str, Any]:
+    data = _unb64url(text, f"the JWT's {what}")
+    try:
+        doc = _parse_text(data.decode("utf-8")) if data.lstrip()[:1] == b"{" else None
+    except UnicodeDecodeError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise _Invalid(f"the JWT's {what} is not a JSON object")
+    return doc
+
+
+def _decoded_jwt(token: Any) -> PlexJWT:
+    """``token`` decoded (not verified) into a PlexJWT; ``_Invalid`` saying why it cannot be."""
+    if _token(token) is None or token.count(".") != 2:
+        raise _Invalid("the token is not a JWT (three base64url parts joined by dots)")
+    head, body, _signature = token.split(".")
+    header, claims = _jwt_part(head, "header"), _jwt_part(body, "claims")
+    expires = _time(_int(claims.get("exp")))
+    if expires is None:
+        raise _Invalid("the JWT has no expiry ('exp')")
+    user = claims.get("user")
+    decoded = PlexJWT(token, _time(_int(claims.get("iat"))), expires, _str(claims.get("thumbprint")),
+                      user if isinstance(user, dict) else {}, claims, {"header": header, "claims": claims})
+    decoded.__dict__["_secrets"] = _local.secrets  # what the request sent, which the claims may echo
+    return decoded
+
+
 # =============================================================================
 # Errors
 # =============================================================================
@@ -831,10 +951,11 @@ class PinExpiredError(PlexAuthError):
 class ResponseError(PlexAuthError):
     """A 2xx answer whose body could not be decoded into the model; retrying rarely helps."""
 
-    def __init__(self, reason: str, *, status: int, method: str, path: str) -> None:
+    def __init__(self, reason: str, *, status: int, method: str, path: str, sentence: str | None = None) -> None:
         self.status = status
         self.reason = reason
-        super().__init__(f"{method} {path} answered {status} with a body that could not be used: {reason}",
+        # sentence: what verify_jwt says of a token refused, whose answer (plex.tv's keys) was fine.
+        super().__init__(sentence or f"{method} {path} answered {status} with a body that could not be used: {reason}",
                          method=method, path=path)
 
 
@@ -894,6 +1015,8 @@ _MAX_INTERIM_ANSWERS = 8
 _CODE_TWO_FACTOR = 1029
 _CODE_HOME_PIN = 1041
 _CODE_RATE_LIMITED = 1003
+_CODE_NO_DEVICE_KEY = 1097  # clients.plex.tv: no key is registered for this device (it was removed)
+_STATUS_JWT_EXPIRED = 498  # clients.plex.tv: the JWT expired
 
 _pools: dict[bool | str, urllib3.PoolManager] = {}
 
@@ -1117,7 +1240,7 @@ def _header_text(value: str) -> str:
 class _Prepared:
     """What every request made with one Config shares, worked out once."""
 
-    __slots__ = ("plex_tv", "server", "timeout", "token_headers", "tokenless_headers")
+    __slots__ = ("clients", "plex_tv", "server", "timeout", "token_headers", "tokenless_headers")
 
     def __init__(self, config: Config) -> None:
         plain = {"Accept": "application/json", "User-Agent": f"plexauth/{__version__}"}
@@ -1134,6 +1257,7 @@ class _Prepared:
         # Each origin as (its URL without the trailing slash, its path for messages).
         self.plex_tv = _origin_of(config.plex_tv_url)
         self.server = _origin_of(config.server_url)
+        self.clients = _origin_of(config.clients_url)
         self.timeout = urllib3.Timeout(connect=config.timeout, read=config.timeout)
 
 
@@ -2034,7 +2158,8 @@ def _api_error(answer: _Answer, request: _Request) -> APIError:
         wait = _retry_after(answer.headers)
         kwargs["retry_after"] = wait if _shown_value(wait, secrets) == wait else None
     elif (
-        status == 401
+        status in (401, _STATUS_JWT_EXPIRED)
+        or code == _CODE_NO_DEVICE_KEY
         or (status == 403 and request.on_server)
         or (status == 422 and (message or "").lower() == "invalid token")
     ):
@@ -2057,6 +2182,8 @@ def _send(
     on_server: bool,
     query: Mapping[str, str] | None = None,
     form: Mapping[str, str] | None = None,
+    json_body: Mapping[str, Any] | None = None,
+    clients: bool = False,
     send_token: bool = True,
     secrets: tuple[str, ...] = (),
     deadline: float | None = None,
@@ -2068,11 +2195,12 @@ def _send(
     Only GETs are retried (connection failures and 429/502/503/504, with
     exponential backoff or the server's ``Retry-After`` up to a cap).  The
     whole call, retries and their waits included, ends by
-    ``config.total_timeout`` (or the earlier ``deadline``).
+    ``config.total_timeout`` (or the earlier ``deadline``).  ``clients``
+    sends it to ``config.clients_url`` (JWT sign-in) instead of plex.tv.
     """
     prepared = _prepared(config)
     ends = time.monotonic() + config.total_timeout
-    base, base_path = prepared.server if on_server else prepared.plex_tv
+    base, base_path = prepared.clients if clients else prepared.server if on_server else prepared.plex_tv
     url = base + path
     if query:
         url += "?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
@@ -2081,6 +2209,9 @@ def _send(
     if form is not None:
         body = urllib.parse.urlencode(form).encode("ascii")
         headers = {**headers, "Content-Type": "application/x-www-form-urlencoded"}
+    elif json_body is not None:
+        body = json.dumps(json_body, separators=(",", ":")).encode("utf-8")
+        headers = {**headers, "Content-Type": "application/json"}
     request = _Request(config, method, url, base_path + path, headers, body, on_server,
                        (config.token or "", *secrets), ends if deadline is None else min(deadline, ends), redirects)
     _local.deadline, _local.secrets = request.deadline, request.secrets
@@ -2127,6 +2258,8 @@ def _call(
     on_server: bool,
     query: Mapping[str, str] | None = None,
     form: Mapping[str, str] | None = None,
+    json_body: Mapping[str, Any] | None = None,
+    clients: bool = False,
     send_token: bool = True,
     secrets: tuple[str, ...] = (),
     minted: str | None = None,
@@ -2140,8 +2273,9 @@ def _call(
     token the answer made: when the answer cannot be used, that token is
     revoked, so that none is left working that nobody has.
     """
-    answer, sent = _send(config, method, path, on_server=on_server, query=query, form=form, send_token=send_token,
-                         secrets=secrets, deadline=deadline, redirects=redirects)
+    answer, sent = _send(config, method, path, on_server=on_server, query=query, form=form, json_body=json_body,
+                         clients=clients, send_token=send_token, secrets=secrets, deadline=deadline,
+                         redirects=redirects)
     _local.secrets = sent.secrets  # for the models made, whose reprs mask them
     try:
         return build(_parse(answer.body))
@@ -2344,25 +2478,30 @@ def _check_pin(config: Config, pin: Pin) -> None:
         )
 
 
-def _pin_of(config: Config) -> Callable[[Any], Pin]:
-    """The decoder of plex.tv's PIN answers to ``config``."""
+def _pin_of(config: Config, *, jwt: bool = False) -> Callable[[Any], Pin]:
+    """The decoder of plex.tv's PIN answers to ``config``; with ``jwt``, a
+    token in it must be a plex.tv JWT."""
 
     def build(doc: Any) -> Pin:
         pin = _build(Pin, _unwrap(doc, "pin"))
         if pin.client_identifier is not None and pin.client_identifier != config.client_identifier:
             raise _Invalid("the PIN is for another client identifier")
+        if jwt and pin.auth_token is not None:
+            _decoded_jwt(pin.auth_token)
         return pin
 
     return build
 
 
-def create_pin(config: Config, *, strong: bool = False) -> Pin:
+def create_pin(config: Config, *, strong: bool = False, key: DeviceKey | None = None) -> Pin:
     """Ask plex.tv for a PIN, the start of a sign-in without a password.
 
     The user enters ``pin.code`` at https://plex.tv/link (works for accounts
     made with Google, Apple or Facebook too), or, with ``strong=True``, opens
     ``pin_auth_url(config, pin)`` in a browser.  Then ``wait_for_pin`` gives
-    the token.  Sent once, never retried, with no token.
+    the token.  Sent once, never retried, with no token.  With ``key`` (a
+    ``DeviceKey``), the PIN is asked of ``config.clients_url`` with the key's
+    public JWK, and the token it gives is a plex.tv JWT (JWT sign-in).
 
     Raises ``RateLimitedError``, ``APIError``, ``ResponseError`` (also for a
     PIN of another client identifier) or ``TransportError``.
@@ -2374,16 +2513,22 @@ def create_pin(config: Config, *, strong: bool = False) -> Pin:
         config = dataclasses.replace(config, token=wait_for_pin(config, pin))
     """
     query = {"strong": "true"} if _check_flag("strong", strong) else None
-    return _call(config, "POST", "/pins", _pin_of(config), on_server=False, query=query, send_token=False)
+    if key is None:
+        return _call(config, "POST", "/pins", _pin_of(config), on_server=False, query=query, send_token=False)
+    body = {"jwk": dict(_check_key(key).public_jwk), "strong": strong}
+    return _call(config, "POST", "/pins", _pin_of(config), on_server=False, clients=True, json_body=body,
+                 send_token=False)
 
 
-def check_pin(config: Config, pin: Pin) -> Pin:
+def check_pin(config: Config, pin: Pin, *, key: DeviceKey | None = None) -> Pin:
     """Ask plex.tv once about ``pin``; ``auth_token`` is set once approved.
 
     ``config`` must have the client identifier that created the PIN
     (``ValueError`` otherwise).  Raises ``PinExpiredError`` when plex.tv no
     longer knows the PIN (404), else as ``create_pin``; an answer with a token
     that cannot be used otherwise is a ``ResponseError``, the token revoked.
+    A PIN made with ``key`` is checked with it: each check carries a new
+    device JWT signed by the key (which needs the extra ``jwt``).
 
     Example::
 
@@ -2391,13 +2536,19 @@ def check_pin(config: Config, pin: Pin) -> Pin:
             print("not approved yet")
     """
     _check_pin(config, pin)
-    return _ask_about_pin(config, pin, None)
+    return _ask_about_pin(config, pin, None, key, _private_key(key) if key is not None else None)
 
 
-def _ask_about_pin(config: Config, pin: Pin, deadline: float | None) -> Pin:
+def _ask_about_pin(config: Config, pin: Pin, deadline: float | None, key: DeviceKey | None = None,
+                   private: Any = None) -> Pin:
+    jwt: dict[str, Any] = {}
+    if key is not None:
+        # No nonce to sign here: a random jti makes each check's device JWT its own.
+        device = _device_jwt(config, key, private, {"scope": JWT_SCOPE, "jti": _b64url(os.urandom(16))})
+        jwt = {"clients": True, "query": {"deviceJWT": device}, "secrets": (device,)}
     try:
-        return _call(config, "GET", f"/pins/{pin.id}", _pin_of(config), minted="pin", on_server=False,
-                     send_token=False, deadline=deadline)
+        return _call(config, "GET", f"/pins/{pin.id}", _pin_of(config, jwt=key is not None), minted="pin",
+                     on_server=False, send_token=False, deadline=deadline, **jwt)
     except APIError as exc:
         if exc.status != 404:
             raise
@@ -2406,7 +2557,8 @@ def _ask_about_pin(config: Config, pin: Pin, deadline: float | None) -> Pin:
                           method=gone.method, path=gone.path) from gone
 
 
-def wait_for_pin(config: Config, pin: Pin, *, timeout: float = 300.0, interval: float = 2.0) -> str:
+def wait_for_pin(config: Config, pin: Pin, *, timeout: float = 300.0, interval: float = 2.0,
+                 key: DeviceKey | None = None) -> str:
     """Poll plex.tv until the user approves ``pin``; return the new token.
 
     Checks every ``interval`` seconds (never more than once a second),
@@ -2414,7 +2566,7 @@ def wait_for_pin(config: Config, pin: Pin, *, timeout: float = 300.0, interval: 
     check would fall past ``timeout`` seconds from now or past the PIN's
     ``expires_at``, or when plex.tv says the PIN expired.  The whole wait,
     checks included, ends within ``timeout``.  Other errors are those of
-    ``check_pin``.
+    ``check_pin``; a PIN made with ``key`` is checked with it, as there.
 
     Example::
 
@@ -2425,6 +2577,7 @@ def wait_for_pin(config: Config, pin: Pin, *, timeout: float = 300.0, interval: 
     _check_pin(config, pin)
     timeout = _check_seconds("timeout", timeout)
     interval = max(_MIN_PIN_INTERVAL, _check_seconds("interval", interval))
+    private = _private_key(key) if key is not None else None
     left = timeout
     why = f"PIN {pin.id} was not approved within {timeout:g} s"
     if pin.expires_at is not None:
@@ -2436,7 +2589,7 @@ def wait_for_pin(config: Config, pin: Pin, *, timeout: float = 300.0, interval: 
     token = pin.auth_token  # a PIN checked before may carry it already
     while token is None:
         try:
-            token = _ask_about_pin(config, pin, deadline).auth_token
+            token = _ask_about_pin(config, pin, deadline, key, private).auth_token
         except TransportError:
             if time.monotonic() < deadline:
                 raise
@@ -2709,6 +2862,285 @@ def switch_home_user(config: Config, user: HomeUser, *, pin: str | None = None) 
 
 
 # =============================================================================
+# JWT sign-in: device keys and 7-day tokens (the extra "jwt": cryptography)
+# =============================================================================
+# The device signs its requests with its own Ed25519 key; plex.tv answers
+# with a JWT that lasts 7 days.  Only signing and verifying need cryptography,
+# imported here on first use: importing plexauth never loads it.
+
+_NEEDS_CRYPTOGRAPHY = "JWT sign-in needs the cryptography package: pip install 'plexauth-lite[jwt]'"
+#: A device JWT is good for this long (plex.tv's nonce lasts 5 minutes too).
+_DEVICE_JWT_SECONDS = 300
+#: Clocks may disagree by this much when a JWT's times are checked.
+_JWT_SKEW_SECONDS = 60
+# plex.tv's public keys by kid, for each clients_url: fetched again when a token names one not here.
+_jwt_keys: dict[str, dict[str, bytes]] = {}
+
+
+def _crypto() -> tuple[Any, Any, Any]:
+    """cryptography's ed25519 and serialization modules and its InvalidSignature."""
+    try:
+        from cryptography.exceptions import InvalidSignature  # noqa: PLC0415 (the optional extra)
+        from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+        from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: PLC0415
+    except ImportError:
+        raise ModuleNotFoundError(_NEEDS_CRYPTOGRAPHY, name="cryptography") from None
+    return ed25519, serialization, InvalidSignature
+
+
+def _check_key(key: Any) -> DeviceKey:
+    if not isinstance(key, DeviceKey):
+        raise TypeError(f"key must be a plexauth.DeviceKey (from generate_device_key or load_device_key), "
+                        f"not {type(key).__name__}")
+    return key
+
+
+def _private_key(key: Any) -> Any:
+    """``key``'s private key, for signing; ValueError when its two halves do not belong together."""
+    _check_key(key)
+    ed25519, serialization, _ = _crypto()
+    private = ed25519.Ed25519PrivateKey.from_private_bytes(_unb64url(key.d, "d"))
+    public = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    if _b64url(public) != key.public_jwk["x"]:
+        raise ValueError("key.d is not the private key of key.public_jwk")
+    return private
+
+
+def _device_key(x: Any, d: Any) -> DeviceKey:
+    kid = _thumbprint(x) if isinstance(x, str) else ""  # DeviceKey says what is wrong with x
+    return DeviceKey(kid, {"kty": "OKP", "crv": "Ed25519", "x": x, "use": "sig", "alg": "EdDSA", "kid": kid}, d)
+
+
+def _device_jwt(config: Config, key: DeviceKey, private: Any, claims: dict[str, Any]) -> str:
+    """A device JWT: ``claims`` and who signs, for whom and until when, signed by ``private``."""
+    now = int(time.time())
+    claims = {**claims, "aud": "plex.tv", "iss": config.client_identifier, "iat": now,
+              "exp": now + _DEVICE_JWT_SECONDS}
+    signed = ".".join(_b64url(json.dumps(part, separators=(",", ":")).encode("utf-8"))
+                      for part in ({"alg": "EdDSA", "kid": key.kid, "typ": "JWT"}, claims))
+    return f"{signed}.{_b64url(private.sign(signed.encode('ascii')))}"
+
+
+def generate_device_key() -> DeviceKey:
+    """A new Ed25519 device key for JWT sign-in (needs the extra ``jwt``).
+
+    Keep it with ``save_device_key``: it is the device's long-lived secret,
+    which never leaves the machine.  Raises ``ModuleNotFoundError`` naming
+    the extra when cryptography is not installed.
+
+    Example::
+
+        key = generate_device_key()
+        save_device_key(key, os.path.expanduser("~/.config/myapp/device-key.json"))
+    """
+    ed25519, serialization, _ = _crypto()
+    private = ed25519.Ed25519PrivateKey.generate()
+    raw = private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                serialization.NoEncryption())
+    public = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return _device_key(_b64url(public), _b64url(raw))
+
+
+def save_device_key(key: DeviceKey, path: str | os.PathLike[str]) -> None:
+    """Write ``key`` to ``path`` as a private JWK (JSON), mode 0600 and
+    atomically: a reader sees the old file or the whole new one.
+
+    The folder must exist.  Raises ``TypeError`` for a wrong argument and
+    ``OSError`` when the file cannot be written.
+
+    Example::
+
+        save_device_key(generate_device_key(), "device-key.json")
+    """
+    _check_key(key)
+    _write_private(os.fspath(path), json.dumps({**key.public_jwk, "d": key.d}))
+
+
+def load_device_key(path: str | os.PathLike[str]) -> DeviceKey:
+    """Read back a key that ``save_device_key`` wrote.
+
+    Raises ``ValueError`` naming the file when it is not this user's own
+    regular file (a link, another user's, readable or writable by others) or
+    not a private Ed25519 JWK; ``OSError`` (``FileNotFoundError``...) when it
+    cannot be read.  Needs no cryptography.
+
+    Example::
+
+        key = load_device_key("device-key.json")
+    """
+    path = os.fspath(path)
+    try:
+        text = _read_kept(path, folder=False)
+    except _UsageError as exc:  # the file is not private
+        raise ValueError(str(exc)) from None
+    except OSError as exc:
+        if exc.errno != errno.EILSEQ:
+            raise
+        text = ""  # not text: not a JWK
+    if text is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+    try:
+        jwk = json.loads(text)
+        if (jwk["kty"], jwk["crv"]) != ("OKP", "Ed25519"):
+            raise ValueError
+        key = _device_key(jwk["x"], jwk["d"])
+        if jwk.get("kid", key.kid) != key.kid:
+            raise ValueError
+    except (ValueError, TypeError, KeyError):
+        raise ValueError(f"{path} is not a private Ed25519 JWK (as save_device_key writes)") from None
+    return key
+
+
+def register_device_key(config: Config, key: DeviceKey) -> None:
+    """Register ``key`` with plex.tv for the device ``config.client_identifier``,
+    signed in with the legacy ``config.token``; ``get_jwt`` then works.
+
+    Once a JWT is issued for a client identifier, that device's legacy token
+    stops working: give the JWT device a client identifier of its own.  Sent
+    once, never retried.  Raises ``ValueError`` without a token,
+    ``UnauthorizedError`` when it is not accepted, ``APIError`` or
+    ``TransportError``.
+
+    Example::
+
+        register_device_key(dataclasses.replace(config, client_identifier="my-app-jwt"), key)
+    """
+    _check_key(key)
+    if _prepared(config) and config.token is None:
+        raise ValueError("config.token must be the legacy token that registers the key")
+    _send(config, "POST", "/auth/jwk", on_server=False, clients=True, json_body={"jwk": dict(key.public_jwk)})
+
+
+def _nonce(doc: Any) -> str:
+    nonce = _token(doc.get("nonce")) if isinstance(doc, dict) else None
+    if nonce is None:
+        raise _Invalid("'nonce' is missing or not a string")
+    return nonce
+
+
+def _issued_jwt(doc: Any) -> PlexJWT:
+    token = doc.get("auth_token", doc.get("authToken")) if isinstance(doc, dict) else None
+    if token is None:
+        raise _Invalid("'auth_token' is missing")
+    return _decoded_jwt(token)
+
+
+def get_jwt(config: Config, key: DeviceKey, *, scope: str = JWT_SCOPE) -> PlexJWT:
+    """A new plex.tv JWT for the device ``config.client_identifier``, whose
+    registered ``key`` signs for it (needs the extra ``jwt``).
+
+    Asks ``config.clients_url`` for a nonce, then sends a device JWT with it
+    (a new one each time, good for 5 minutes) and gets a JWT that lasts 7
+    days; no token is sent.  Its claims are decoded, not verified
+    (``verify_jwt`` does that).  The whole call ends within
+    ``config.total_timeout``.  Raises ``ModuleNotFoundError`` without
+    cryptography; ``UnauthorizedError`` for 498 (expired) and code 1097 (no
+    key registered for this device: it was removed); ``APIError`` for 422
+    (the signature or thumbprint was refused); ``RateLimitedError``;
+    ``ResponseError`` when the answer holds no usable JWT (it is refused:
+    plex.tv revokes no single JWT, and it expires by itself);
+    ``TransportError``.
+
+    Example::
+
+        jwt = get_jwt(config, load_device_key("device-key.json"))
+        config = dataclasses.replace(config, token=jwt.token)
+        print("valid until", jwt.expires_at)
+    """
+    _prepared(config)
+    private = _private_key(key)
+    _check_text("scope", scope)
+    deadline = time.monotonic() + config.total_timeout
+    nonce = _call(config, "GET", "/auth/nonce", _nonce, on_server=False, clients=True, send_token=False,
+                  deadline=deadline)
+    device = _device_jwt(config, key, private, {"nonce": nonce, "scope": scope})
+    return _call(config, "POST", "/auth/token", _issued_jwt, on_server=False, clients=True,
+                 json_body={"jwt": device}, send_token=False, secrets=(device,), deadline=deadline)
+
+
+def _key_set(doc: Any) -> dict[str, bytes]:
+    """plex.tv's Ed25519 public keys by kid (keys of other kinds are left out)."""
+    found = doc.get("keys") if isinstance(doc, dict) else None
+    if not isinstance(found, list):
+        raise _Invalid("'keys' is missing or not a list")
+    keys = {}
+    for jwk in found:
+        try:
+            if (jwk["kty"], jwk["crv"]) == ("OKP", "Ed25519") and isinstance(jwk["kid"], str):
+                x = _unb64url(jwk["x"], "x")
+                if len(x) == 32:
+                    keys[jwk["kid"]] = x
+        except (TypeError, KeyError, _Invalid):
+            continue
+    return keys
+
+
+def verify_jwt(config: Config, token: str, *, key: DeviceKey | None = None) -> PlexJWT:
+    """Check that ``token`` is a plex.tv JWT for this device, and decode it
+    (needs the extra ``jwt``).
+
+    Its signature must verify with plex.tv's key of the token's ``kid``
+    (fetched from ``config.clients_url`` and kept; plex.tv rotates its keys,
+    so a ``kid`` not kept fetches them once more); ``iss`` must be plex.tv,
+    ``aud`` must hold plex.tv and ``config.client_identifier``, ``exp`` and
+    ``iat`` must hold now (60 s of clock skew allowed), and with ``key`` it
+    must have been issued to that key (its ``thumbprint``).  Raises
+    ``ResponseError`` saying which check failed; when the keys are fetched,
+    the errors of that request.
+
+    Example::
+
+        jwt = verify_jwt(config, token, key=load_device_key("device-key.json"))
+        print(jwt.user.get("username"), jwt.expires_at)
+    """
+    _prepared(config)
+    _check_text("token", token, secret=True, header=True)
+    if key is not None:
+        _check_key(key)
+    ed25519, _, invalid_signature = _crypto()
+    path = _prepared(config).clients[1] + "/auth/keys"
+
+    def refused(reason: str) -> ResponseError:
+        return ResponseError(reason, status=200, method="GET", path=path,
+                             sentence=f"GET {path}: the plex.tv JWT was refused: {reason}")
+
+    try:
+        jwt = _decoded_jwt(token)
+    except (ValueError, RecursionError) as exc:
+        raise refused(str(exc) if isinstance(exc, _Invalid) else "its claims could not be decoded") from None
+    header, claims = jwt.raw["header"], jwt.claims
+    kid = header.get("kid")
+    if header.get("alg") != "EdDSA" or not isinstance(kid, str):
+        raise refused("its header does not name an EdDSA key ('alg', 'kid')")
+    keys = _jwt_keys.get(config.clients_url, {})
+    if kid not in keys:
+        keys = _jwt_keys[config.clients_url] = _call(config, "GET", "/auth/keys", _key_set, on_server=False,
+                                                     clients=True, send_token=False, secrets=(token,))
+    if kid not in keys:
+        raise refused(f"plex.tv has no key {_printable(kid[:64])!r}")
+    head, body, signature = token.split(".")
+    try:
+        public = ed25519.Ed25519PublicKey.from_public_bytes(keys[kid])
+        public.verify(_unb64url(signature, "signature"), f"{head}.{body}".encode("ascii"))
+    except (invalid_signature, _Invalid):
+        raise refused(f"its signature does not verify with plex.tv's key {kid!r}") from None
+    audience = claims.get("aud")
+    audiences = audience if isinstance(audience, list) else [audience]
+    now = time.time()
+    if claims.get("iss") != "plex.tv":
+        raise refused("it was not issued by plex.tv ('iss')")
+    if "plex.tv" not in audiences or config.client_identifier not in audiences:
+        raise refused(f"it is not meant for plex.tv and {config.client_identifier!r} ('aud')")
+    if jwt.expires_at.timestamp() < now - _JWT_SKEW_SECONDS:
+        raise refused(f"it expired at {jwt.expires_at:%Y-%m-%d %H:%M:%S} UTC")
+    if jwt.issued_at is None or jwt.issued_at.timestamp() > now + _JWT_SKEW_SECONDS:
+        raise refused("it has no time of issue, or one still to come ('iat')")
+    if key is not None and jwt.thumbprint != key.kid:
+        raise refused(f"it was issued to another device key than {key.kid!r} ('thumbprint')")
+    return jwt
+
+
+# =============================================================================
 # Command line
 # =============================================================================
 
@@ -2730,6 +3162,7 @@ environment (an option wins over its variable; each command reads only what it u
   PLEX_TOKEN_FILE, PLEX_TOKEN   the token, after --token-file and before the kept login
   PLEX_CLIENT_IDENTIFIER        X-Plex-Client-Identifier (--client-id)
   PLEX_TV_URL, PLEX_SERVER_URL  plex.tv's API (--plex-tv-url) and the Plex Media Server (--server)
+  PLEX_CLIENTS_URL              clients.plex.tv's API, for login --jwt and token (--clients-url)
   PLEX_LOGIN, PLEX_PASSWORD     for sign-in and login --password
   PLEX_HOME_PIN                 for switch (--pin-file)
   XDG_CONFIG_HOME               plexauth keeps its login and client identifier in
@@ -2832,14 +3265,16 @@ def _check_private(path: str, *, folder: bool = False, fd: int | None = None) ->
 
 
 def _refuse(path: str, wrong: str, kind: str = "file") -> NoReturn:
-    remedy = {"client-id": ", or set PLEX_CLIENT_IDENTIFIER", _LOGIN_FILE: " and run plexauth login"}
+    remedy = {"client-id": ", or set PLEX_CLIENT_IDENTIFIER", _LOGIN_FILE: " and run plexauth login",
+              _KEY_FILE: " and run plexauth login --jwt"}
     hint = remedy.get(os.path.basename(path), "") if kind == "file" else ", or chmod 700 it" if "mode" in wrong else ""
     raise _UsageError(f"refusing the kept {kind} {path}: it is {wrong}; remove it{hint}")
 
 
-def _read_kept(path: str) -> str | None:
+def _read_kept(path: str, *, folder: bool = True) -> str | None:
     """A kept file's text, or None when there is none; never follows a link.
-    OSError when it cannot be read; a usage error when it is not private."""
+    OSError when it cannot be read; a usage error when it (or, with
+    ``folder``, its folder) is not private."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -2850,7 +3285,8 @@ def _read_kept(path: str) -> str | None:
         raise
     try:
         _check_private(path, fd=fd)
-        _check_private(os.path.dirname(path), folder=True)
+        if folder:
+            _check_private(os.path.dirname(path), folder=True)
         data = os.read(fd, _MAX_KEPT_BYTES + 1)
     finally:
         os.close(fd)
@@ -2892,10 +3328,12 @@ def _new_client_identifier() -> str:
 
 #: The login that ``plexauth login`` keeps: the token and the client identifier it belongs to.
 _LOGIN_FILE = "login.json"
+#: The device key that renews the JWT of ``plexauth login --jwt``, beside its login.
+_KEY_FILE = "device-key.json"
 
 
-def _kept_login() -> tuple[str, str | None] | None:
-    """(token, client identifier) kept by ``plexauth login``, or None."""
+def _kept_login() -> tuple[str, str | None, str | None] | None:
+    """(token, client identifier, how it was signed in) kept by ``plexauth login``, or None."""
     path = _kept_path(_LOGIN_FILE)
     try:
         text = _read_kept(path)
@@ -2905,22 +3343,37 @@ def _kept_login() -> tuple[str, str | None] | None:
         return None
     try:
         kept = json.loads(text)
-        token, owner = kept["token"], kept.get("client_identifier")
-        if not isinstance(token, str) or not isinstance(owner, (str, type(None))):
+        token, owner, how = kept["token"], kept.get("client_identifier"), kept.get("how")
+        if not all(isinstance(value, str) for value in (token, owner or "", how or "")):
             raise TypeError
     except (ValueError, TypeError, KeyError, AttributeError):
         raise _UsageError(f"the kept login {path} is not one plexauth wrote; run plexauth login again") from None
-    return token, owner
+    return token, owner, how
 
 
-def _keep_login(config: Config, token: str, how: str) -> str:
+def _keep_login(config: Config, token: str, how: str, key: DeviceKey | None = None) -> str:
+    """Keep the login (and the device key of a JWT one, first); the path of the login."""
     path = _kept_path(_LOGIN_FILE)
     text = json.dumps({"token": token, "client_identifier": config.client_identifier, "how": how})
     if len(text.encode()) > _MAX_KEPT_BYTES:  # it could not be read back
         raise OSError(errno.EFBIG, "the token is too long to keep")
     _private_folder(path)  # again, just before writing: the folder may have changed during the sign-in
+    if key is not None:
+        save_device_key(key, _kept_path(_KEY_FILE))
     _write_private(path, text)
     return path
+
+
+def _forget_key() -> str:
+    """Remove the kept device key (a JWT login's long-lived secret); what was done, for the user."""
+    path = _kept_path(_KEY_FILE)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        return f"; the device key {path} could not be removed ({exc.strerror}): remove it"
+    return f"; {path} is removed"
 
 
 # -----------------------------------------------------------------------------
@@ -2982,7 +3435,7 @@ def _cli_token(args: Any) -> tuple[str, str]:
         kept = _kept_login()
         if kept is None:
             raise _UsageError("no token: run plexauth login, or set PLEX_TOKEN_FILE or PLEX_TOKEN, or use --token-file")
-        (token, args.kept_owner), where = kept, f"the kept login ({_kept_path(_LOGIN_FILE)})"
+        (token, args.kept_owner, args.kept_how), where = kept, f"the kept login ({_kept_path(_LOGIN_FILE)})"
     try:  # what no header can carry is no token, for `token` as for the commands that send it
         _check_text(f"the token from {where}", token, secret=True, header=True)
     except (TypeError, ValueError) as exc:
@@ -3062,18 +3515,18 @@ def _password_sign_in(args: Any, config: Config) -> UserPlexAccount:
             code = _ask("Verification code: ", "verification code", hidden=True)
 
 
-def _pin_sign_in(args: Any, config: Config) -> str:
+def _pin_sign_in(args: Any, config: Config, key: DeviceKey | None = None) -> str:
     try:
         wait = _check_seconds("--wait", args.wait)
     except (TypeError, ValueError) as exc:
         raise _UsageError(str(exc)) from None
-    pin = create_pin(config, strong=args.oauth)
+    pin = create_pin(config, strong=args.oauth, key=key)
     until = f" (waiting up to {wait:g} s)"
     if args.oauth:
         _say(f"open this address in a browser and sign in{until}:", pin_auth_url(config, pin))
     else:
         _say(f"go to {_LINK_URL} and enter the code {_printable(pin.code)}{until}")
-    return wait_for_pin(config, pin, timeout=wait)
+    return wait_for_pin(config, pin, timeout=wait, key=key)
 
 
 def _hand_over(config: Config, token: str, deliver: Callable[[], None], what: str) -> None:
@@ -3174,9 +3627,18 @@ def _printable(text: str) -> str:
     return re.sub(_UNPRINTABLE, escaped, text)
 
 
-def _account_summary(account: UserPlexAccount) -> tuple[dict[str, Any], list[str]]:
+def _jwt_expiry(token: str | None) -> datetime.datetime | None:
+    """When ``token`` expires, if it is a plex.tv JWT (its claims say so)."""
+    try:
+        return _decoded_jwt(token).expires_at
+    except (ValueError, RecursionError):
+        return None
+
+
+def _account_summary(account: UserPlexAccount, token: str | None = None) -> tuple[dict[str, Any], list[str]]:
     subscription = account.subscription
-    expires = account.remember_expires_at.isoformat() if account.remember_expires_at else None
+    when = _jwt_expiry(token) or account.remember_expires_at  # a JWT's own, else what plex.tv says
+    expires = when.isoformat() if when else None
     data: dict[str, Any] = {
         "id": account.id,
         "uuid": account.uuid,
@@ -3212,6 +3674,7 @@ def _account_summary(account: UserPlexAccount) -> tuple[dict[str, Any], list[str
 _SETTINGS = (
     ("server_url", "--server", "PLEX_SERVER_URL"),
     ("plex_tv_url", "--plex-tv-url", "PLEX_TV_URL"),
+    ("clients_url", "--clients-url", "PLEX_CLIENTS_URL"),
     ("client_identifier", "--client-id", "PLEX_CLIENT_IDENTIFIER"),
     ("timeout", "--timeout", None),
     ("total_timeout", "--total-timeout", None),
@@ -3219,9 +3682,11 @@ _SETTINGS = (
 )
 
 
-def _config(args: Any, *, token: bool = True) -> Config:
+def _config(args: Any, *, token: bool = True, own_client: bool = False) -> Config:
     """The Config of this run, from the options the command takes and then
-    their variables; an error names the option or variable it came from."""
+    their variables; an error names the option or variable it came from.
+    Without a client identifier given, the one kept for this user, or with
+    ``own_client`` a new one (that of a JWT login)."""
     values: dict[str, Any] = {}
     labels: dict[str, str] = {}
     for field, option, variable in _SETTINGS:
@@ -3248,7 +3713,9 @@ def _config(args: Any, *, token: bool = True) -> Config:
         for field, label in labels.items():
             text = text.replace(f"Config.{field}", label)
         raise _UsageError(text) from None
-    if "client_identifier" not in values:  # made and kept only once the rest is known to be right
+    if "client_identifier" not in values and own_client:
+        config = dataclasses.replace(config, client_identifier=_new_client_identifier())
+    elif "client_identifier" not in values:  # made and kept only once the rest is known to be right
         try:
             config = dataclasses.replace(config, client_identifier=_kept_client_identifier())
         except ValueError as exc:
@@ -3261,12 +3728,14 @@ def _cmd_login(args: Any) -> int:
     password_options = [o for o, given in (("--login", args.login), ("--password-file", args.password_file),
                                            ("--password-stdin", args.password_stdin), ("--code", args.code),
                                            ("--remember-me", args.remember_me)) if given]
-    pin_options = [o for o, given in (("--oauth", args.oauth), ("--wait", args.wait != _PIN_WAIT)) if given]
+    pin_options = [o for o, given in (("--jwt", args.jwt), ("--oauth", args.oauth), ("--wait", args.wait != _PIN_WAIT))
+                   if given]
     if password_options and not args.password:
         raise _UsageError(f"{password_options[0]} is for a sign-in with a password: add --password")
     if pin_options and args.password:
         raise _UsageError(f"{pin_options[0]} is for a sign-in with a code: leave out --password")
-    config = _config(args, token=False)
+    # A JWT device gets a client identifier of its own: a JWT issued for one ends its legacy token.
+    config = _config(args, token=False, own_client=args.jwt)
     try:
         _private_folder(_kept_path(_LOGIN_FILE))  # before signing in: a token that cannot be kept would be lost
     except OSError as exc:
@@ -3302,12 +3771,14 @@ def _login(args: Any, config: Config) -> int:
         replaced = _kept_login()
     except _UsageError:  # one that cannot be read is replaced, not revoked
         replaced = None
-    how = "password" if args.password else "pin"
-    token = _password_sign_in(args, config).auth_token if args.password else _pin_sign_in(args, config)
+    how = "password" if args.password else "jwt" if args.jwt else "pin"
+    key = generate_device_key() if args.jwt else None  # before anything is asked of plex.tv
+    token = _password_sign_in(args, config).auth_token if args.password else _pin_sign_in(args, config, key)
     kept: list[str] = []
-    _hand_over(config, token, lambda: kept.append(_keep_login(config, token, how)),
+    _hand_over(config, token, lambda: kept.append(_keep_login(config, token, how, key)),
                f"keep the new token in {_kept_path(_LOGIN_FILE)}")
-    _say(f"logged in: the token is kept in {kept[0]}; plexauth status shows the account")
+    forgotten = "" if key is not None else _forget_key()  # an earlier JWT login's key renews nothing now
+    _say(f"logged in: the token is kept in {kept[0]}{forgotten}; plexauth status shows the account")
     if replaced is not None and replaced[0] != token:
         # The token it replaces would otherwise keep working with nobody holding it.
         try:
@@ -3325,7 +3796,7 @@ def _cmd_status(args: Any) -> int:
     head = {"tokenFrom": args.token_source, "clientIdentifier": config.client_identifier}
     lines = [f"token from: {args.token_source}", f"client identifier: {config.client_identifier}"]
     try:
-        data, more = _account_summary(get_token_details(config))
+        data, more = _account_summary(get_token_details(config), config.token)
     except UnauthorizedError as exc:
         raise _Exit(f"{exc}: the token from {args.token_source} is not accepted; run plexauth login", 3) from None
     _show(args, {**head, **data}, lines + more)
@@ -3334,8 +3805,45 @@ def _cmd_status(args: Any) -> int:
 
 def _cmd_token(args: Any) -> int:
     token, _ = _cli_token(args)
+    if getattr(args, "kept_how", None) == "jwt":
+        token = _renewed(args, token)
     _emit(sys.stdout, token)
     return 0
+
+
+#: ``plexauth token`` renews a kept JWT with less than this left (a daily cron job keeps it fresh).
+_RENEW_WITHIN = datetime.timedelta(days=1)
+
+
+def _renewed(args: Any, token: str) -> str:
+    """The kept JWT, renewed with the kept device key when it has less than a
+    day left; while it is still valid, a renewal that fails only warns."""
+    expires = _jwt_expiry(token)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if expires is not None and expires - now > _RENEW_WITHIN:
+        return token
+    args.secrets.append(token)
+    config = _config(args, token=False)
+    path = _kept_path(_KEY_FILE)
+    try:
+        key = load_device_key(path)
+    except (OSError, ValueError) as exc:
+        why = f"cannot read the device key {path} ({exc.strerror})" if isinstance(exc, OSError) else str(exc)
+        raise _UsageError(f"{why}; run plexauth login --jwt") from None
+    try:
+        renewed = get_jwt(config, key).token
+    except PlexAuthError as exc:
+        if expires is None or expires <= now:
+            raise
+        _say(f"warning: the token could not be renewed ({_shown(str(exc), tuple(args.secrets))}); "
+             f"it is good until {expires:%Y-%m-%d %H:%M} UTC")
+        return token
+    try:
+        _keep_login(config, renewed, "jwt")
+    except (OSError, _UsageError) as exc:  # it lasts its 7 days all the same; the next run renews again
+        why = (exc.strerror or type(exc).__name__) if isinstance(exc, OSError) else str(exc)
+        _say(f"warning: the renewed token could not be kept in {_kept_path(_LOGIN_FILE)} ({why})")
+    return renewed
 
 
 def _cmd_logout(args: Any) -> int:
@@ -3354,6 +3862,8 @@ def _cmd_logout(args: Any) -> int:
             raise _Exit(f"{said}, but {_kept_path(_LOGIN_FILE)} could not be removed ({exc.strerror}); "
                         "remove it") from None
         said += f"; {_kept_path(_LOGIN_FILE)} is removed"
+        if args.kept_how == "jwt":
+            said += _forget_key()  # without it, no token can be had again
     _say(f"logged out: {said}")
     return 0
 
@@ -3526,6 +4036,9 @@ def _parser() -> Any:
     seconds: dict[str, Any] = {"metavar": "SECONDS", "type": float}
     plex_tv = group("plex.tv", (("--plex-tv-url",), {"metavar": "URL", "help": "plex.tv's API (PLEX_TV_URL; "
                                                      "default https://plex.tv/api/v2)"}))
+    clients = group("clients.plex.tv", (("--clients-url",), {"metavar": "URL", "help": "clients.plex.tv's API, for "
+                                                           "JWT sign-in (PLEX_CLIENTS_URL; default "
+                                                           "https://clients.plex.tv/api/v2)"}))
     server = group("server", (("--server",), {"metavar": "URL", "help": "the Plex Media Server (PLEX_SERVER_URL; "
                                               "default http://localhost:32400)"}))
     token = group("token", (("--token-file",), {"metavar": "FILE", "help": "read the token from FILE, - for standard "
@@ -3575,14 +4088,18 @@ def _parser() -> Any:
 
     sign_in = [plex_tv, connection, as_json]
     login = command("login", _cmd_login, f"sign in (a code to enter at {_LINK_URL}; with --password, login and "
-                    "password) and keep the token for the commands that follow", plex_tv, connection)
+                    "password) and keep the token for the commands that follow", plex_tv, clients, connection)
     login.add_argument("--password", action="store_true", help="sign in with login and password instead of a code")
+    login.add_argument("--jwt", action="store_true", help="sign in with a code for a 7-day JWT, renewed by plexauth "
+                       "token with a device key kept beside it (a new client identifier unless given; needs "
+                       "plexauth-lite[jwt])")
     password_options(login)
     pin_options(login)
     with_token = [plex_tv, token, connection]
     command("status", _cmd_status, "say which token is used, its account, client identifier and expiry; "
             "exit 3 if it is dead", *with_token, as_json)
-    command("token", _cmd_token, "print the token in use, e.g. PLEX_TOKEN=$(plexauth token)", token)
+    command("token", _cmd_token, "print the token in use, e.g. PLEX_TOKEN=$(plexauth token); a kept JWT with "
+            "less than a day left is renewed first", token, clients)
     command("logout", _cmd_logout, "revoke the token on plex.tv, and forget it if it is the kept one", *with_token)
 
     sign_in_command = command("sign-in", _cmd_sign_in, "sign in with login and password; print the new token",
@@ -3690,6 +4207,8 @@ def _explained(exc: Exception, verbose: bool) -> tuple[int, str]:
         return 1, f"cannot write to standard output ({exc.strerror})"
     if isinstance(exc, PlexAuthError):
         return _exit_code(exc), str(exc)
+    if isinstance(exc, ModuleNotFoundError) and exc.name == "cryptography":
+        return 1, str(exc)  # login --jwt, or renewing its token, without the extra
     # A bug, or something not foreseen: its text may hold anything, so only its kind.
     hint = "" if verbose else "; run again with -v to see where"
     return 1, f"unexpected {type(exc).__name__}{hint}"

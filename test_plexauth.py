@@ -9,10 +9,11 @@ needed); ``test_readme__guarantees_name_real_tests`` fails if a name here is
 not a test or a figure differs from the suite's. ``.ci/run`` runs them all on
 urllib3 1.26 and 2.x.
 
-- **Any answer**: for 1 000 generated answers per operation in CI (11 000 in
-  all, for the 11 operations that talk HTTP; 150 per operation in a local
-  run), an operation returns its model (``None`` for ``ping`` and
-  ``sign_out``, a tuple for the lists) or raises a ``PlexAuthError``, and nothing else escapes. The answers vary the
+- **Any answer**: for 1 000 generated answers per operation in CI (16 000 in
+  all, for the 16 operations that talk HTTP; 150 per operation in a local
+  run), an operation returns its model (``None`` for ``ping``, ``sign_out``
+  and ``register_device_key``, a tuple for the lists) or raises a
+  ``PlexAuthError``, and nothing else escapes. The answers vary the
   status (200-599), ``Content-Type``, ``Retry-After``, ``Location`` and
   ``Content-Encoding``, and the body: random JSON, right-shaped documents with
   one value of any type, every value ``null``, random XML, XML in UTF-16 or
@@ -187,6 +188,7 @@ import dataclasses
 import datetime
 import errno
 import functools
+import hashlib
 import html
 import http
 import http.server
@@ -241,8 +243,22 @@ ACCESS_TOKEN = "CANARY-ACCESS-TOKEN-w5"
 SERVICE_TOKEN = "CANARY-SERVICE-TOKEN-r1"
 SERVICE_SECRET = "CANARY-SERVICE-SECRET-t7"
 PIN_TOKEN = "CANARY-PIN-TOKEN-m3"
+# RFC 8037 appendix A: an Ed25519 key (its private part is a canary too) and its RFC 7638 thumbprint (A.3).
+RFC_X = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+RFC_D = "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"
+RFC_KID = "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+RFC_KEY = plexauth.DeviceKey(RFC_KID, {"kty": "OKP", "crv": "Ed25519", "x": RFC_X, "use": "sig", "alg": "EdDSA",
+                                       "kid": RFC_KID}, RFC_D)
+try:
+    import cryptography  # noqa: F401 (the extra "jwt"; CI also runs the suite without it)
+except ImportError:
+    HAVE_CRYPTOGRAPHY = False
+else:
+    HAVE_CRYPTOGRAPHY = True
+needs_cryptography = pytest.mark.skipif(not HAVE_CRYPTOGRAPHY, reason="needs the extra jwt (cryptography)")
 CANARIES = (
-    TOKEN, PASSWORD, CODE, AUTH_TOKEN, TRANSIENT, ACCESS_TOKEN, SERVICE_TOKEN, SERVICE_SECRET, PIN_TOKEN, "CANARY"
+    TOKEN, PASSWORD, CODE, AUTH_TOKEN, TRANSIENT, ACCESS_TOKEN, SERVICE_TOKEN, SERVICE_SECRET, PIN_TOKEN, "CANARY",
+    RFC_D,
 )
 
 # A Home PIN is 4 digits: too short a canary for every output (a port or a time may hold
@@ -483,6 +499,7 @@ def config(httpserver: HTTPServer) -> Config:
         token=TOKEN,
         server_url=httpserver.url_for(""),
         plex_tv_url=httpserver.url_for("/api/v2"),
+        clients_url=httpserver.url_for("/api/v2"),  # the JWT operations' paths stand beside plex.tv's
         retries=2,
         timeout=5.0,
     )
@@ -648,9 +665,27 @@ OPS = [
     Op("home-users", "GET", "/api/v2/home/users", plexauth.get_home_users),
     Op("switch", "POST", "/api/v2/home/users/kid-uuid-0001/switch",
        lambda c: plexauth.switch_home_user(c, plexauth.HomeUser(id=2, uuid="kid-uuid-0001"), pin=HOME_PIN)),
+    # JWT sign-in (the tests' clients_url is plex_tv_url); these two sign nothing.
+    Op("jwk", "POST", "/api/v2/auth/jwk", lambda c: plexauth.register_device_key(c, RFC_KEY)),
+    Op("jwt-pin-create", "POST", "/api/v2/pins", lambda c: plexauth.create_pin(c, key=RFC_KEY)),
 ]
+
+
+def verify_op(config: Config) -> Any:
+    plexauth._jwt_keys.clear()  # the keys plex.tv gave are kept: asked for again here, as each op asks
+    return plexauth.verify_jwt(config, op_jwt())
+
+
+# These sign or verify: without cryptography they are left out (and tested for their ModuleNotFoundError).
+SIGNING_OPS = [
+    Op("jwt", "GET", "/api/v2/auth/nonce", lambda c: plexauth.get_jwt(c, RFC_KEY)),  # the nonce first
+    Op("jwt-keys", "GET", "/api/v2/auth/keys", verify_op),
+    Op("jwt-pin-check", "GET", "/api/v2/pins/7", lambda c: plexauth.check_pin(c, Pin(id=7, code="ABCD"), key=RFC_KEY)),
+]
+if HAVE_CRYPTOGRAPHY:
+    OPS += SIGNING_OPS
 # Their 2xx status is the whole answer: the body is not read.
-STATUS_ONLY = ["ping", "signout"]
+STATUS_ONLY = ["ping", "signout", "jwk"]
 PMS_OPS = [op for op in OPS if not op.path.startswith("/api/v2")]
 PLEX_TV_OPS = [op for op in OPS if op.path.startswith("/api/v2")]
 GET_OPS = [op for op in OPS if op.method == "GET"]
@@ -934,7 +969,8 @@ def fault_server():
 
 def fault_config(port: int, retries: int = 0) -> Config:
     url = f"http://127.0.0.1:{port}"
-    return Config(CLIENT_ID, token=TOKEN, server_url=url, plex_tv_url=url + "/api/v2", timeout=0.5, retries=retries)
+    return Config(CLIENT_ID, token=TOKEN, server_url=url, plex_tv_url=url + "/api/v2", clients_url=url + "/api/v2",
+                  timeout=0.5, retries=retries)
 
 
 def reset_mid_body(conn: socket.socket, done: threading.Event) -> None:
@@ -992,7 +1028,7 @@ THREADS, CALLS_PER_THREAD = 8, 200
 def tls_server(tmp_path_factory: pytest.TempPathFactory):
     import ssl
 
-    import trustme
+    trustme = pytest.importorskip("trustme")  # with cryptography: not in the CI run without the extra
 
     ca = trustme.CA()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -1207,8 +1243,8 @@ def keep_alive(script: Callable[[socket.socket, Incoming], bool]) -> Callable[[s
 
 def hostile_config(port: int, **changes: Any) -> Config:
     url = f"http://127.0.0.1:{port}"
-    values: dict[str, Any] = {"token": TOKEN, "server_url": url, "plex_tv_url": url + "/api/v2", "retries": 0,
-                              "timeout": 5.0, **changes}
+    values: dict[str, Any] = {"token": TOKEN, "server_url": url, "plex_tv_url": url + "/api/v2",
+                              "clients_url": url + "/api/v2", "retries": 0, "timeout": 5.0, **changes}
     return Config(CLIENT_ID, **values)
 
 
@@ -1294,8 +1330,15 @@ port, cases, ops = json.loads(sys.argv[1])
 def config(product):
     url = f"http://127.0.0.1:{port}"
     return plexauth.Config("test-client-0001", token="t", product=product, server_url=url,
-                           plex_tv_url=url + "/api/v2", retries=0, timeout=20, total_timeout=60)
+                           plex_tv_url=url + "/api/v2", clients_url=url + "/api/v2", retries=0, timeout=20,
+                           total_timeout=60)
 pin = plexauth.Pin(id=7, code="ABCD")
+x, d = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo", "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"
+key = plexauth.DeviceKey(plexauth._thumbprint(x), {"kty": "OKP", "crv": "Ed25519", "x": x}, d)
+def verify(c):
+    plexauth._jwt_keys.clear()
+    part = lambda doc: plexauth._b64url(json.dumps(doc).encode())
+    return plexauth.verify_jwt(c, part({"alg": "EdDSA", "kid": "k"}) + "." + part({"exp": 1}) + ".AAAA")
 calls = {
     "transient": plexauth.get_transient_token,
     "source": lambda c: plexauth.get_source_connection_information(c, "server://x"),
@@ -1308,8 +1351,13 @@ calls = {
     "resources": plexauth.get_resources,
     "home-users": plexauth.get_home_users,
     "switch": lambda c: plexauth.switch_home_user(c, plexauth.HomeUser(id=2, uuid="kid-uuid-0001")),
+    "jwk": lambda c: plexauth.register_device_key(c, key),
+    "jwt-pin-create": lambda c: plexauth.create_pin(c, key=key),
+    "jwt": lambda c: plexauth.get_jwt(c, key),
+    "jwt-keys": verify,
+    "jwt-pin-check": lambda c: plexauth.check_pin(c, pin, key=key),
 }
-for name in calls:  # everything a call may load and make, loaded and made before the limit
+for name in ops:  # everything a call may load and make, loaded and made before the limit
     try:
         calls[name](config("warm-up"))
     except plexauth.PlexAuthError:
@@ -2334,6 +2382,7 @@ def test_errors__undecodable_2xx(httpserver: HTTPServer, config: Config, op: Op,
     assert str(info.value).startswith(f"{op.method} {op.path} answered 20")
     if reason == "missing":  # what is missing: the container of a server's answer, the list, or the model's id
         reason = {"resources": "no 'resource' or 'Device' list", "home-users": "no 'users' or 'user' or 'User' list",
+                  "jwt": "'nonce' is missing or not a string", "jwt-keys": "'keys' is missing or not a list",
                   }.get(op.name, "'MediaContainer' is missing" if op.path.startswith("/security")
                         else "'id' is missing or has the wrong type")
     assert info.value.reason == reason
@@ -2499,14 +2548,17 @@ def test_retries__absurd_retry_after_is_not_waited_for(httpserver: HTTPServer, c
 def test_retries__get_succeeds_after_503_and_429(httpserver: HTTPServer, config: Config, op: Op) -> None:
     body = {"/security/token": {"MediaContainer": {"token": TRANSIENT}}, "/security/resources": SOURCE,
             "/api/v2/user": ACCOUNT, "/api/v2/pins/7": {"id": 7, "code": "ABCD"}, "/api/v2/ping": {},
-            "/api/v2/resources": RESOURCES, "/api/v2/home/users": HOME_USERS}[op.path]
+            "/api/v2/resources": RESOURCES, "/api/v2/home/users": HOME_USERS, "/api/v2/auth/nonce": {"nonce": "n-1"},
+            **({"/api/v2/auth/keys": {"keys": [plex_signing_jwk()]}} if HAVE_CRYPTOGRAPHY else {})}[op.path]
+    if op.name == "jwt":  # the token follows the nonce
+        httpserver.expect_request("/api/v2/auth/token", method="POST").respond_with_json({"auth_token": op_jwt()})
     # Ordered handlers answer first, in turn; then the permanent one.
     httpserver.expect_ordered_request(op.path).respond_with_data("", status=503, headers={"Retry-After": "0"})
     httpserver.expect_ordered_request(op.path).respond_with_data("", status=429, headers={"Retry-After": "0"})
     expect(httpserver, op).respond_with_json(body)
     result = op.call(config)
     assert (result is None) == (op.name in STATUS_ONLY)
-    assert len(httpserver.log) == 3
+    assert len(httpserver.log) == 3 + (op.name == "jwt")
 
 
 def test_retries__zero_means_one_try(httpserver: HTTPServer, config: Config) -> None:
@@ -2962,7 +3014,8 @@ def test_property__any_answer_gives_model_or_plexauth_error(scripted_server: Any
     server, current = scripted_server
     current.update(answer)
     url = server.url_for("").rstrip("/")
-    config = Config(CLIENT_ID, token=TOKEN, server_url=url, plex_tv_url=url + "/api/v2", retries=0, timeout=5.0)
+    config = Config(CLIENT_ID, token=TOKEN, server_url=url, plex_tv_url=url + "/api/v2", clients_url=url + "/api/v2",
+                    retries=0, timeout=5.0)
     try:
         result = op.call(config)
     except PlexAuthError as exc:
@@ -2973,7 +3026,8 @@ def test_property__any_answer_gives_model_or_plexauth_error(scripted_server: Any
         if op.name in STATUS_ONLY:
             assert result is None
         else:
-            assert isinstance(result, (str, plexauth.SourceConnectionInformation, plexauth.UserPlexAccount, Pin, tuple))
+            assert isinstance(result, (str, plexauth.SourceConnectionInformation, plexauth.UserPlexAccount, Pin, tuple,
+                                       plexauth.PlexJWT))
             if isinstance(result, tuple):  # a list of resources or Home users
                 assert all(isinstance(item, (plexauth.Resource, plexauth.HomeUser)) for item in result)
     if error is not None:
@@ -3440,7 +3494,7 @@ def test_hostile__unasked_bytes_inside_tls_are_not_read_as_the_next_answer(tmp_p
     see them: the connection is not reused."""
     import ssl
 
-    import trustme
+    trustme = pytest.importorskip("trustme")  # with cryptography: not in the CI run without the extra
 
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -3533,7 +3587,7 @@ def test_hostile__a_certificate_made_of_the_token_is_not_logged(tmp_path_factory
     does not match; OpenSSL checks it here, and nothing is logged."""
     import ssl
 
-    import trustme
+    trustme = pytest.importorskip("trustme")  # with cryptography: not in the CI run without the extra
 
     ca = trustme.CA()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -5602,6 +5656,660 @@ def test_cli__three_wrong_codes_end_the_sign_in(httpserver: HTTPServer, tmp_path
 
 
 # ===========================================================================
+# Tests: JWT sign-in (device keys, 7-day tokens; the extra "jwt")
+# ===========================================================================
+# A local clients.plex.tv (FakeClientsPlexTV) verifies every device JWT it
+# gets with the key registered for that device, signs its JWTs with rotated
+# keys (the one in use is not the first it lists) and plays the JWT PIN flow.
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def public_jwk(private: Any, kid: str) -> dict[str, str]:
+    from cryptography.hazmat.primitives import serialization
+
+    x = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return {"kty": "OKP", "crv": "Ed25519", "x": b64url(x), "use": "sig", "alg": "EdDSA", "kid": kid}
+
+
+def jwt_claims(client: str = CLIENT_ID, lifetime: float = 7 * 86400, **changes: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims = {"iss": "plex.tv", "aud": ["plex.tv", client], "iat": now, "exp": int(now + lifetime),
+              "thumbprint": RFC_KID, "scope": plexauth.JWT_SCOPE,
+              "user": {"id": 13692262, "uuid": "dae343c1f45beb4f", "username": "Username"}}
+    return {**claims, **changes}
+
+
+def plex_jwt(claims: dict[str, Any], private: Any = None, kid: str = "plex-op-key", alg: str = "EdDSA") -> str:
+    """A JWT as plex.tv makes one, signed by ``private`` (or with a signature of zeros)."""
+    signed = ".".join(b64url(json.dumps(part).encode()) for part in ({"alg": alg, "kid": kid, "typ": "JWT"}, claims))
+    return f"{signed}.{b64url(private.sign(signed.encode()) if private is not None else bytes(64))}"
+
+
+@functools.lru_cache(maxsize=None)
+def plex_signing_key() -> Any:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    return ed25519.Ed25519PrivateKey.generate()
+
+
+def plex_signing_jwk() -> dict[str, str]:
+    return public_jwk(plex_signing_key(), "plex-op-key")
+
+
+def op_jwt() -> str:
+    return plex_jwt(jwt_claims(), plex_signing_key())
+
+
+class FakeClientsPlexTV:
+    """Plays clients.plex.tv under /clients/api/v2 of the test server.
+
+    Every device JWT is verified with the key registered for its device
+    (header alg/kid/typ, signature, ``iss``, ``aud``, a 300 s life, a nonce
+    used once, never the same JWT twice); what fails goes to ``problems``
+    and is answered 422.  Its JWTs are signed by the second of three keys
+    that ``/auth/keys`` lists, and last ``lifetime`` seconds; each is added
+    to ``plex_tv.tokens``.  ``counts`` counts the requests by path.
+    """
+
+    def __init__(self, server: HTTPServer, plex_tv: FakePlexTV | None = None, *, pending: int = 0,
+                 lifetime: float = 7 * 86400) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        self.plex_tv, self.pending, self.lifetime = plex_tv, pending, lifetime
+        self.signing = [(f"plex-key-{n}", ed25519.Ed25519PrivateKey.generate()) for n in range(3)]
+        self.devices: dict[str, dict[str, str]] = {}  # client identifier -> its registered public JWK
+        self.pins: dict[int, tuple[str, dict[str, str]]] = {}
+        self.nonces: set[str] = set()
+        self.seen: set[str] = set()  # every device JWT received
+        self.issued: list[str] = []
+        self.extra: dict[str, Any] = {}  # claims added to those it issues
+        self.problems: list[str] = []
+        self.counts: dict[str, int] = {}
+        server.expect_request(re.compile(r"/clients/api/v2/.*")).respond_with_handler(self.handle)
+
+    def url(self, server: HTTPServer) -> str:
+        return server.url_for("/clients/api/v2")
+
+    def handle(self, request: Any) -> Any:
+        from werkzeug import Response
+
+        path = request.path[len("/clients/api/v2"):]
+        where = re.sub(r"\d+$", "{id}", path)
+        self.counts[where] = self.counts.get(where, 0) + 1
+        client = request.headers.get("X-Plex-Client-Identifier")
+        if (path, request.method) == ("/auth/keys", "GET"):
+            return Response(json.dumps({"keys": [public_jwk(private, kid) for kid, private in self.signing]}),
+                            content_type="application/json")
+        if (path, request.method) == ("/auth/nonce", "GET"):
+            nonce = f"nonce-{self.counts[where] - 1}"
+            self.nonces.add(nonce)
+            return Response(json.dumps({"nonce": nonce}), content_type="application/json")
+        if (path, request.method) == ("/auth/jwk", "POST"):
+            if self.plex_tv is None or request.headers.get("X-Plex-Token") not in self.plex_tv.tokens:
+                return self.error(401, 1001, "User could not be authenticated")
+            self.devices[client] = request.get_json()["jwk"]
+            return Response(status=201)
+        if (path, request.method) == ("/auth/token", "POST"):
+            if client not in self.devices:
+                return self.error(401, 1097, "No key registered for this device")
+            if not self.verified(request.get_json()["jwt"], client, self.devices[client], nonce=True):
+                return self.error(422, 1098, "The device JWT was refused")
+            return Response(json.dumps({"auth_token": self.issue(client)}), content_type="application/json")
+        if (path, request.method) == ("/pins", "POST"):
+            body = request.get_json()
+            pin_id = 2000 + len(self.pins)
+            self.pins[pin_id] = (client, body["jwk"])
+            return self.pin(pin_id, None, 201)
+        match = re.fullmatch(r"/pins/(\d+)", path)
+        assert match, path
+        assert request.method == "GET", path
+        pin_id = int(match[1])
+        made, jwk = self.pins[pin_id]
+        if not self.verified(request.args["deviceJWT"], client, jwk, nonce=False) or made != client:
+            return self.error(422, 1098, "The device JWT was refused")
+        if self.counts[where] <= self.pending:
+            return self.pin(pin_id, None, 200)
+        self.devices[client] = jwk  # approving the PIN registers the key
+        return self.pin(pin_id, self.issue(client), 200)
+
+    def error(self, status: int, code: int, message: str) -> Any:
+        from werkzeug import Response
+
+        body = {"errors": [{"code": code, "message": message, "status": status}]}
+        return Response(json.dumps(body), status=status, content_type="application/json")
+
+    def pin(self, pin_id: int, token: str | None, status: int) -> Any:
+        from werkzeug import Response
+
+        doc = {"id": pin_id, "code": "J1W2", "clientIdentifier": self.pins[pin_id][0], "authToken": token,
+               "expiresAt": (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=15)).isoformat()}
+        return Response(json.dumps(doc), status=status, content_type="application/json")
+
+    def verified(self, device: str, client: str, jwk: dict[str, str], *, nonce: bool) -> bool:
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        problems = []
+        head, body, signature = device.split(".")
+        header, claims = json.loads(unb64url(head)), json.loads(unb64url(body))
+        kid = b64url(hashlib.sha256(json.dumps({"crv": "Ed25519", "kty": "OKP", "x": jwk["x"]},
+                                               separators=(",", ":")).encode()).digest())
+        if header != {"alg": "EdDSA", "kid": kid, "typ": "JWT"}:
+            problems.append(f"header {header}")
+        try:
+            ed25519.Ed25519PublicKey.from_public_bytes(unb64url(jwk["x"])).verify(unb64url(signature),
+                                                                                 f"{head}.{body}".encode())
+        except Exception:
+            problems.append("signature")
+        now = time.time()
+        if claims.get("iss") != client or claims.get("aud") != "plex.tv":
+            problems.append(f"iss/aud {claims.get('iss')} {claims.get('aud')}")
+        if claims["exp"] - claims["iat"] != 300 or not claims["iat"] - 5 <= now < claims["exp"]:
+            problems.append("times")
+        if claims.get("scope") != plexauth.JWT_SCOPE:
+            problems.append("scope")
+        if nonce and claims.get("nonce") not in self.nonces:
+            problems.append(f"nonce {claims.get('nonce')} unknown or used")
+        self.nonces.discard(claims.get("nonce"))  # each nonce once
+        if device in self.seen:
+            problems.append("the same device JWT twice")
+        self.seen.add(device)
+        self.problems += problems
+        return not problems
+
+    def issue(self, client: str) -> str:
+        device_kid = b64url(hashlib.sha256(json.dumps({"crv": "Ed25519", "kty": "OKP", "x": self.devices[client]["x"]},
+                                                      separators=(",", ":")).encode()).digest())
+        kid, private = self.signing[1]  # rotated: the key in use is not the first listed
+        token = plex_jwt(jwt_claims(client, self.lifetime, thumbprint=device_kid, **self.extra), private, kid)
+        self.issued.append(token)
+        if self.plex_tv is not None:
+            self.plex_tv.tokens.add(token)
+        return token
+
+
+@pytest.fixture(autouse=True)
+def _no_kept_plex_keys() -> None:
+    plexauth._jwt_keys.clear()  # plex.tv's keys, kept between calls: each test starts without
+
+
+@pytest.fixture
+def clients(httpserver: HTTPServer) -> Any:
+    """The clients.plex.tv stand-in, with a plex.tv one behind it, and a Config for both."""
+    pytest.importorskip("cryptography")
+    plex_tv = FakePlexTV(httpserver, pending=0)
+    fake = FakeClientsPlexTV(httpserver, plex_tv)
+    config = Config(CLIENT_ID, token=TOKEN, plex_tv_url=httpserver.url_for("/api/v2"),
+                    clients_url=fake.url(httpserver), retries=0, timeout=5.0)
+    return fake, config
+
+
+def test_jwt__import_never_loads_cryptography() -> None:
+    probe = "import sys, plexauth; print(sorted(m for m in sys.modules if m.split('.')[0] == 'cryptography'))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60,
+                            cwd=os.path.dirname(os.path.abspath(plexauth.__file__)))
+    assert result.stdout == "[]\n"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [plexauth.generate_device_key, lambda: plexauth.get_jwt(Config(CLIENT_ID), RFC_KEY),
+     lambda: plexauth.verify_jwt(Config(CLIENT_ID), op_jwt() if HAVE_CRYPTOGRAPHY else "a.b.c"),
+     lambda: plexauth.check_pin(Config(CLIENT_ID), Pin(id=7, code="ABCD"), key=RFC_KEY),
+     lambda: plexauth.wait_for_pin(Config(CLIENT_ID), Pin(id=7, code="ABCD"), key=RFC_KEY)],
+    ids=["generate", "get_jwt", "verify_jwt", "check_pin", "wait_for_pin"],
+)
+def test_jwt__without_cryptography_the_signing_functions_name_the_extra(
+    monkeypatch: pytest.MonkeyPatch, call: Any
+) -> None:
+    if HAVE_CRYPTOGRAPHY:  # as if it were not installed (CI also runs the suite where it is not)
+        for name in [name for name in sys.modules if name.split(".")[0] == "cryptography"]:
+            monkeypatch.setitem(sys.modules, name, None)
+        monkeypatch.setitem(sys.modules, "cryptography", None)
+    with raises(ModuleNotFoundError) as info:
+        call()  # before any request: these configs point at nothing that answers
+    assert str(info.value) == "JWT sign-in needs the cryptography package: pip install 'plexauth-lite[jwt]'"
+    assert info.value.name == "cryptography"
+
+
+def test_device_key__kid_is_the_rfc_7638_thumbprint() -> None:
+    assert plexauth._thumbprint(RFC_X) == RFC_KID  # RFC 8037, appendix A.3
+    assert RFC_KEY.kid == RFC_KID
+    assert "d='***'" in repr(RFC_KEY)
+    assert_no_secret(repr(RFC_KEY))
+    assert_no_secret(str(RFC_KEY))
+    assert RFC_KEY.public_jwk == {"kty": "OKP", "crv": "Ed25519", "x": RFC_X, "use": "sig", "alg": "EdDSA",
+                                  "kid": RFC_KID}
+    assert {RFC_KEY, dataclasses.replace(RFC_KEY)} == {RFC_KEY}
+    wrong = {"kid": ("x" * 43, RFC_KEY.public_jwk, RFC_D), "x": (RFC_KID, {**RFC_KEY.public_jwk, "x": "AA"}, RFC_D),
+             "d": (RFC_KID, RFC_KEY.public_jwk, RFC_D[:-2]), "kty": (RFC_KID, {"kty": "RSA"}, RFC_D)}
+    for name, args in wrong.items():
+        with raises(ValueError) as info:
+            plexauth.DeviceKey(*args)
+        assert name in str(info.value) or "JWK" in str(info.value)
+
+
+@needs_cryptography
+def test_device_key__generated_keys_sign_as_rfc_8037_says() -> None:
+    key = plexauth.generate_device_key()
+    assert key.kid == plexauth._thumbprint(key.public_jwk["x"]) == key.public_jwk["kid"]
+    assert key != plexauth.generate_device_key()
+    # RFC 8037 appendix A.4: the signature of its example, by the example key.
+    signed = b"eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc"
+    assert b64url(plexauth._private_key(RFC_KEY).sign(signed)) == (
+        "hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg")
+    mismatched = plexauth.DeviceKey(key.kid, key.public_jwk, RFC_D)
+    with raises(ValueError, match="key.d is not the private key of key.public_jwk"):
+        plexauth.get_jwt(Config(CLIENT_ID), mismatched)
+
+
+def test_device_key__file_is_private_atomic_and_read_back(tmp_path: Any) -> None:
+    path = tmp_path / "device-key.json"
+    plexauth.save_device_key(RFC_KEY, path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert json.loads(path.read_text()) == {**RFC_KEY.public_jwk, "d": RFC_D}
+    assert [p.name for p in tmp_path.iterdir()] == ["device-key.json"]  # no temporary file left
+    assert plexauth.load_device_key(str(path)) == RFC_KEY
+    assert plexauth.load_device_key(path).d == RFC_D
+    path.chmod(0o644)  # a new key replaces the file whole, private again
+    plexauth.save_device_key(RFC_KEY, str(path))
+    assert path.stat().st_mode & 0o777 == 0o600
+    with raises(FileNotFoundError):
+        plexauth.load_device_key(tmp_path / "none.json")
+    with raises(NotADirectoryError):
+        plexauth.load_device_key(path / "inside")
+    with raises(TypeError, match="key must be a plexauth.DeviceKey"):
+        plexauth.save_device_key("key", path)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [("world-readable", "readable or writable by other users (mode 0644)"),
+     ("world-writable", "readable or writable by other users (mode 0666)"),
+     ("symlink", "a symbolic link"), ("fifo", "not a regular file"), ("other-owner", "owned by another user"),
+     ("public-only", "is not a private Ed25519 JWK"), ("not-json", "is not a private Ed25519 JWK"),
+     ("wrong-kid", "is not a private Ed25519 JWK"), ("rsa", "is not a private Ed25519 JWK"),
+     ("not-text", "is not a private Ed25519 JWK"), ("too-large", "larger than 4096 bytes")],
+)
+def test_device_key__files_that_are_not_private_keys_are_refused(tmp_path: Any, how: str, message: str) -> None:
+    path = tmp_path / "device-key.json"
+    plexauth.save_device_key(RFC_KEY, path)
+    jwk = json.loads(path.read_text())
+    if how == "other-owner" and os.geteuid() != 0:
+        pytest.skip("only root can give a file to another user")
+    changes: dict[str, Any] = {
+        "world-readable": lambda: path.chmod(0o644), "world-writable": lambda: path.chmod(0o666),
+        "symlink": lambda: (path.unlink(), (tmp_path / "real").write_text(json.dumps(jwk)), path.symlink_to("real")),
+        "fifo": lambda: (path.unlink(), os.mkfifo(path, 0o600)), "other-owner": lambda: os.chown(path, 4242, 4242),
+        "public-only": lambda: path.write_text(json.dumps(RFC_KEY.public_jwk)),
+        "not-json": lambda: path.write_text("{"), "wrong-kid": lambda: path.write_text(json.dumps({**jwk, "kid": "k"})),
+        "rsa": lambda: path.write_text(json.dumps({**jwk, "kty": "RSA"})),
+        "not-text": lambda: path.write_bytes(b"\xff\xfe{"), "too-large": lambda: path.write_text(" " * 5000),
+    }
+    changes[how]()
+    with raises(ValueError) as info:
+        plexauth.load_device_key(path)
+    assert str(path) in str(info.value)
+    assert message in str(info.value)
+
+
+@needs_cryptography
+def test_get_jwt__sends_the_contracts_device_jwt_with_a_fresh_nonce(httpserver: HTTPServer, clients: Any) -> None:
+    fake, config = clients
+    key = plexauth.generate_device_key()
+    jwt_config = dataclasses.replace(config, client_identifier="jwt-device-1")
+    plexauth.register_device_key(jwt_config, key)  # with the legacy token of config
+    assert fake.devices["jwt-device-1"] == key.public_jwk
+    first = plexauth.get_jwt(jwt_config, key)
+    second = plexauth.get_jwt(jwt_config, key)
+    assert fake.problems == []  # each device JWT verified with the registered key; nonces used once
+    assert fake.counts == {"/auth/jwk": 1, "/auth/nonce": 2, "/auth/token": 2}
+    assert (first.token, second.token) == tuple(fake.issued)
+    assert first.thumbprint == key.kid
+    assert first.user["username"] == "Username"
+    assert first.claims["aud"] == ["plex.tv", "jwt-device-1"]
+    assert first.raw["header"] == {"alg": "EdDSA", "kid": "plex-key-1", "typ": "JWT"}
+    assert first.expires_at - first.issued_at == datetime.timedelta(days=7)
+    assert first.expires_at.tzinfo == datetime.timezone.utc
+    assert "token='***'" in repr(first)
+    seen = [request.get_json()["jwt"] for request in requests_seen(httpserver) if request.path.endswith("/token")]
+    head, claims = (json.loads(unb64url(part)) for part in seen[0].split(".")[:2])
+    assert head == {"alg": "EdDSA", "kid": key.kid, "typ": "JWT"}
+    assert list(claims) == ["nonce", "scope", "aud", "iss", "iat", "exp"]
+    assert (claims["nonce"], claims["scope"], claims["aud"], claims["iss"]) == (
+        "nonce-0", plexauth.JWT_SCOPE, "plex.tv", "jwt-device-1")
+    assert claims["exp"] - claims["iat"] == 300
+    assert all("=" not in part for part in seen[0].split("."))  # base64url without padding
+    for request in requests_seen(httpserver):
+        if request.path.startswith("/clients/api/v2/auth/") and not request.path.endswith("/jwk"):
+            assert "X-Plex-Token" not in request.headers  # the device JWT is what signs in
+    for text in (repr(first), str(first)):
+        for secret in (*seen, first.token):
+            assert secret not in text
+
+
+@needs_cryptography
+def test_verify_jwt__finds_the_signing_key_among_rotated_ones(clients: Any) -> None:
+    fake, config = clients
+    key = plexauth.generate_device_key()
+    jwt_config = dataclasses.replace(config, client_identifier="jwt-device-2")
+    plexauth.register_device_key(jwt_config, key)
+    issued = plexauth.get_jwt(jwt_config, key)
+    verified = plexauth.verify_jwt(jwt_config, issued.token, key=key)
+    assert verified == issued
+    assert fake.counts["/auth/keys"] == 1
+    plexauth.verify_jwt(jwt_config, issued.token)  # the keys are kept
+    assert fake.counts["/auth/keys"] == 1
+    # plex.tv rotates: a token signed by a key not kept fetches them once more.
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    fake.signing.insert(0, ("plex-key-new", ed25519.Ed25519PrivateKey.generate()))
+    plexauth.verify_jwt(jwt_config, fake.issue("jwt-device-2"))  # still signed by plex-key-1: no fetch
+    assert fake.counts["/auth/keys"] == 1
+    newer = plex_jwt(jwt_claims("jwt-device-2", thumbprint=key.kid), fake.signing[0][1], "plex-key-new")
+    assert plexauth.verify_jwt(jwt_config, newer, key=key).token == newer
+    assert fake.counts["/auth/keys"] == 2
+    with raises(ResponseError) as info:
+        plexauth.verify_jwt(jwt_config, plex_jwt(jwt_claims("jwt-device-2"), fake.signing[0][1], "plex-key-gone"))
+    assert info.value.reason == "plex.tv has no key 'plex-key-gone'"
+    assert fake.counts["/auth/keys"] == 3  # fetched once for it, not more
+
+
+@needs_cryptography
+@pytest.mark.parametrize(
+    ("claims", "sign", "reason"),
+    [
+        ({}, "other", "its signature does not verify with plex.tv's key 'plex-key-1'"),
+        ({"aud": ["plex.tv", "another-device"]}, "plex", "it is not meant for plex.tv and 'jwt-device-3' ('aud')"),
+        ({"aud": "jwt-device-3"}, "plex", "it is not meant for plex.tv and 'jwt-device-3' ('aud')"),
+        ({"iss": "plex.tv.example"}, "plex", "it was not issued by plex.tv ('iss')"),
+        ({"exp": int(time.time()) - 120}, "plex", "it expired at "),
+        ({"iat": int(time.time()) + 600}, "plex", "it has no time of issue, or one still to come ('iat')"),
+        ({"iat": None}, "plex", "it has no time of issue, or one still to come ('iat')"),
+        ({"thumbprint": "another-key"}, "plex", "it was issued to another device key than "),
+        ({"exp": "soon"}, "plex", "the JWT has no expiry ('exp')"),
+        ({}, "none", "its header does not name an EdDSA key ('alg', 'kid')"),
+    ],
+    ids=["bad-signature", "wrong-audience", "audience-without-plex-tv", "wrong-issuer", "expired", "issued-later",
+         "no-iat", "wrong-thumbprint", "no-expiry", "alg-none"],
+)
+def test_verify_jwt__refuses(clients: Any, claims: dict[str, Any], sign: str, reason: str) -> None:
+    fake, config = clients
+    key = plexauth.generate_device_key()
+    jwt_config = dataclasses.replace(config, client_identifier="jwt-device-3")
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    signer = {"plex": fake.signing[1][1], "other": ed25519.Ed25519PrivateKey.generate(), "none": None}[sign]
+    token = plex_jwt(jwt_claims("jwt-device-3", **{"thumbprint": key.kid, **claims}), signer, "plex-key-1",
+                     alg="none" if sign == "none" else "EdDSA")
+    with raises(ResponseError) as info:
+        plexauth.verify_jwt(jwt_config, token, key=key)
+    assert info.value.reason.startswith(reason)
+    assert str(info.value) == f"GET /clients/api/v2/auth/keys: the plex.tv JWT was refused: {info.value.reason}"
+    sweep(info.value, (*CANARIES, token))
+    assert plexauth.verify_jwt(jwt_config, plex_jwt(jwt_claims("jwt-device-3", thumbprint=key.kid),
+                                                    fake.signing[1][1], "plex-key-1"), key=key)
+
+
+@needs_cryptography
+@pytest.mark.parametrize("token", ["not-a-jwt", "a.b", "e30.e30.AAAA", "W10.e30.AAAA", "e30.bm90IGpzb24.AAAA",
+                                   "e30.e30.A*", "e30." + b64url(b"{\xff") + ".AA"])
+def test_verify_jwt__a_token_that_is_no_jwt_is_refused(clients: Any, token: str) -> None:
+    _, config = clients
+    with raises(ResponseError) as info:
+        plexauth.verify_jwt(config, token)
+    assert info.value.reason.startswith(("the token is not a JWT", "the JWT's header", "the JWT's claims",
+                                         "the JWT has no expiry", "its header does not name"))
+    with raises(TypeError):
+        plexauth.verify_jwt(config, None)  # type: ignore[arg-type]
+    with raises(TypeError, match="key must be a plexauth.DeviceKey"):
+        plexauth.verify_jwt(config, token, key="k")  # type: ignore[arg-type]
+
+
+@needs_cryptography
+def test_jwt_pin__returns_a_plex_jwt_each_check_with_a_fresh_device_jwt(httpserver: HTTPServer, clients: Any) -> None:
+    fake, config = clients
+    fake.pending = 2
+    key = plexauth.generate_device_key()
+    jwt_config = dataclasses.replace(config, client_identifier="jwt-device-4", token=None)
+    pin = plexauth.create_pin(jwt_config, key=key, strong=True)
+    assert pin.code == "J1W2"
+    assert plexauth.check_pin(jwt_config, pin, key=key).auth_token is None
+    token = plexauth.wait_for_pin(jwt_config, pin, key=key, interval=1.0, timeout=30)
+    assert token == fake.issued[0]
+    assert plexauth.verify_jwt(jwt_config, token, key=key).thumbprint == key.kid
+    assert fake.problems == []  # every check carried a new device JWT that verified
+    assert fake.counts["/pins/{id}"] == 3
+    created = next(r for r in requests_seen(httpserver) if r.path == "/clients/api/v2/pins")
+    assert created.get_json() == {"jwk": key.public_jwk, "strong": True}
+    assert created.headers["Content-Type"] == "application/json"
+    checks = [r.args["deviceJWT"] for r in requests_seen(httpserver) if r.path.startswith("/clients/api/v2/pins/")]
+    assert len(set(checks)) == 3
+    assert all("X-Plex-Token" not in r.headers for r in requests_seen(httpserver) if "/pins" in r.path)
+
+
+@needs_cryptography
+def test_jwt_pin__a_pin_token_that_is_no_jwt_is_revoked(httpserver: HTTPServer) -> None:
+    plex_tv = FakePlexTV(httpserver)
+    plex_tv.tokens.add(PIN_TOKEN)
+    httpserver.expect_request("/clients/api/v2/pins/7").respond_with_json(
+        {"id": 7, "code": "J1W2", "authToken": PIN_TOKEN})
+    config = Config(CLIENT_ID, plex_tv_url=httpserver.url_for("/api/v2"),
+                    clients_url=httpserver.url_for("/clients/api/v2"))
+    with raises(ResponseError) as info:
+        plexauth.check_pin(config, Pin(id=7, code="J1W2"), key=RFC_KEY)
+    assert info.value.reason == ("the token is not a JWT (three base64url parts joined by dots); "
+                                 "the new token in it was revoked")
+    assert PIN_TOKEN not in plex_tv.tokens
+
+
+@needs_cryptography
+@pytest.mark.parametrize(
+    ("status", "body", "cls", "code"),
+    [(498, {"errors": [{"code": 1096, "message": "Token expired"}]}, UnauthorizedError, 1096),
+     (401, {"errors": [{"code": 1097, "message": "No key registered"}]}, UnauthorizedError, 1097),
+     (400, {"errors": [{"code": 1097, "message": "No key registered"}]}, UnauthorizedError, 1097),
+     (422, {"errors": [{"code": 1098, "message": "Thumbprint refused"}]}, APIError, 1098),
+     (429, {"errors": [{"code": 1003, "message": "Slow down"}]}, RateLimitedError, 1003)],
+    ids=["498", "1097", "1097-as-400", "422", "429"],
+)
+def test_jwt__errors_of_clients_plex_tv(httpserver: HTTPServer, config: Config, status: int, body: Any,
+                                        cls: type, code: int) -> None:
+    where = "/api/v2/auth/nonce" if status == 429 else "/api/v2/auth/token"
+    httpserver.expect_request("/api/v2/auth/nonce").respond_with_json(body if status == 429 else {"nonce": "n-1"},
+                                                                      status=status if status == 429 else 200)
+    httpserver.expect_request("/api/v2/auth/token").respond_with_json(body, status=status)
+    with raises(APIError) as info:
+        plexauth.get_jwt(dataclasses.replace(config, retries=0), RFC_KEY)
+    assert type(info.value) is cls
+    assert (info.value.status, info.value.code, info.value.path) == (status, code, where)
+
+
+@needs_cryptography
+def test_jwt__device_jwts_and_plex_jwts_reach_no_error_and_no_log(fault_server: Any,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A server that echoes what it got (the device JWT, in the query or the
+    body) into its errors and PIN answers: nothing of it shows."""
+    sent: list[str] = []
+    plex = op_jwt()
+
+    def script(conn: socket.socket, request: Incoming) -> bool:
+        text = request.line + request.body.decode()
+        sent.extend(re.findall(r"[\w-]+\.[\w-]+\.[\w-]+", urllib.parse.unquote(text)))
+        if "/nonce" in request.line:
+            conn.sendall(http_answer(200, b'{"nonce": "n"}'))
+        else:
+            echo = json.dumps({"errors": [{"code": 1098, "message": f"refused {text} {plex}"}], "echo": text})
+            conn.sendall(http_answer(422, echo.encode()))
+        return True
+
+    server = fault_server(keep_alive(script))
+    config = hostile_config(server.port, token=plex)
+    for call in (lambda: plexauth.get_jwt(config, RFC_KEY),
+                 lambda: plexauth.check_pin(config, Pin(id=7, code="ABCD"), key=RFC_KEY),
+                 lambda: plexauth.register_device_key(config, RFC_KEY)):
+        with raises(APIError) as info:
+            call()
+        sweep(info.value, (*CANARIES, plex, *sent))
+    assert len(sent) == 2
+    for record in caplog.records:
+        assert_no_secret(record.getMessage(), (*CANARIES, plex, *sent))
+
+
+def test_jwt__wrong_arguments(config: Config) -> None:
+    with raises(TypeError, match="key must be a plexauth.DeviceKey"):
+        plexauth.register_device_key(config, "key")  # type: ignore[arg-type]
+    with raises(ValueError, match="config.token must be the legacy token"):
+        plexauth.register_device_key(dataclasses.replace(config, token=None), RFC_KEY)
+    with raises(TypeError, match="key must be a plexauth.DeviceKey"):
+        plexauth.create_pin(config, key="key")  # type: ignore[arg-type]
+    with raises(ValueError, match="Config.clients_url must be an http:// or https:// URL"):
+        dataclasses.replace(config, clients_url="ftp://clients")
+    assert Config(CLIENT_ID).clients_url == "https://clients.plex.tv/api/v2"
+
+
+def test_jwt__clients_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLEX_CLIENTS_URL", "https://clients.example/api/v2")
+    assert Config.from_env(client_identifier=CLIENT_ID).clients_url == "https://clients.example/api/v2"
+
+
+@needs_cryptography
+def test_jwt__wrong_scope_and_undecodable_answers(httpserver: HTTPServer, config: Config) -> None:
+    with raises(TypeError, match="scope must be a str"):
+        plexauth.get_jwt(config, RFC_KEY, scope=None)  # type: ignore[arg-type]
+    httpserver.expect_request("/api/v2/auth/nonce").respond_with_json({"nonce": "n-1"})
+    httpserver.expect_oneshot_request("/api/v2/auth/token").respond_with_json({"auth": "x"})
+    httpserver.expect_oneshot_request("/api/v2/auth/token").respond_with_json({"authToken": "x.y.z"})
+    httpserver.expect_oneshot_request("/api/v2/auth/token").respond_with_json({"authToken": op_jwt()})
+    with raises(ResponseError, match="'auth_token' is missing"):
+        plexauth.get_jwt(config, RFC_KEY)
+    with raises(ResponseError, match="the JWT's header is not base64url text"):
+        plexauth.get_jwt(config, RFC_KEY)
+    assert plexauth.get_jwt(config, RFC_KEY).thumbprint == RFC_KID
+    httpserver.clear()
+    httpserver.expect_request("/api/v2/auth/keys").respond_with_json(
+        {"keys": [1, {"kty": "RSA", "kid": "r"}, {**plex_signing_jwk(), "x": "AAAA"}, {"kty": "OKP"},
+                  {**plex_signing_jwk(), "crv": "X25519"}]})
+    with raises(ResponseError, match="plex.tv has no key 'plex-op-key'"):
+        plexauth.verify_jwt(config, op_jwt())
+
+
+@needs_cryptography
+def test_cli__login_jwt_then_token_from_cron_renews_only_within_a_day(
+    cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    plex_tv = FakePlexTV(httpserver, pending=0)
+    fake = FakeClientsPlexTV(httpserver, plex_tv, lifetime=12 * 3600)  # the first JWT: 12 hours left
+    monkeypatch.setenv("PLEX_CLIENTS_URL", fake.url(httpserver))
+    code, out, err = cli("login", "--jwt")
+    assert (code, out) == (0, "")
+    folder = tmp_path / "config" / "plexauth"
+    login, key_file = folder / "login.json", folder / "device-key.json"
+    assert err.startswith("plexauth: go to https://plex.tv/link and enter the code J1W2")
+    assert err.endswith(f"plexauth: logged in: the token is kept in {login}; plexauth status shows the account\n")
+    kept = json.loads(login.read_text())
+    client_id = kept["client_identifier"]
+    assert kept == {"token": fake.issued[0], "client_identifier": client_id, "how": "jwt"}
+    assert client_id.startswith("plexauth-")  # an identifier of its own, not the one kept for plain logins
+    assert not (folder / "client-id").exists()
+    key = plexauth.load_device_key(key_file)
+    assert (login.stat().st_mode & 0o777, key_file.stat().st_mode & 0o777) == (0o600, 0o600)
+    assert fake.devices[client_id] == key.public_jwk
+    # From cron: within a day of expiry, renewed with the key (nonce + token), counted by the server.
+    code, out, _ = cli("token", shown=(fake.issued[-1],))
+    assert (code, fake.counts["/auth/nonce"], fake.counts["/auth/token"]) == (0, 1, 1)
+    assert out == fake.issued[1] + "\n"
+    assert json.loads(login.read_text())["token"] == fake.issued[1]
+    fake.lifetime = 12 * 3600
+    assert fake.problems == []
+    code, out, _ = cli("token")  # renewed again: its token also had 12 hours
+    assert (code, out, fake.counts["/auth/token"]) == (0, fake.issued[2] + "\n", 2)
+    fake.lifetime = 7 * 86400
+    cli("token")
+    renewed = fake.issued[3]
+    for _ in range(2):  # a fresh one is left alone
+        assert cli("token") == (0, renewed + "\n", "")
+    assert fake.counts["/auth/token"] == 3
+    code, out, _ = cli("status")
+    expires = plexauth._decoded_jwt(renewed).expires_at
+    assert code == 0
+    assert f"token expires: {expires.isoformat()}" in out
+    assert f"client identifier: {client_id}" in out
+    code, _, err = cli("logout")
+    assert code == 0
+    assert err == f"plexauth: logged out: the token no longer works; {login} is removed; {key_file} is removed\n"
+    assert not key_file.exists()
+
+
+@needs_cryptography
+def test_cli__token_renewal_failures(cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch,
+                                     tmp_path: Any) -> None:
+    plex_tv = FakePlexTV(httpserver, pending=0)
+    fake = FakeClientsPlexTV(httpserver, plex_tv, lifetime=3600)
+    monkeypatch.setenv("PLEX_CLIENTS_URL", fake.url(httpserver))
+    assert cli("login", "--jwt", "--client-id", "my-jwt-device")[0] == 0
+    folder = tmp_path / "config" / "plexauth"
+    first = fake.issued[0]
+    fake.devices.clear()  # the device was removed in the Plex app: 1097
+    code, out, err = cli("token")
+    assert (code, out) == (0, first + "\n")  # still good for an hour: it is printed, with a warning
+    assert err.startswith("plexauth: warning: the token could not be renewed (POST /clients/api/v2/auth/token "
+                          "failed with 401 Unauthorized: No key registered for this device (code 1097)); "
+                          "it is good until ")
+    # Renewed, but too long to keep: printed all the same (it lasts its 7 days), with a warning.
+    fake.devices[fake.pins[2000][0]] = plexauth.load_device_key(folder / "device-key.json").public_jwk
+    fake.extra = {"padding": "x" * 5000}
+    code, out, err = cli("token")
+    assert (code, out) == (0, fake.issued[-1] + "\n")
+    assert err == (f"plexauth: warning: the renewed token could not be kept in {folder / 'login.json'} "
+                   "(the token is too long to keep)\n")
+    # An expired one whose renewal fails is an error.
+    expired = plex_jwt(jwt_claims("my-jwt-device", lifetime=-120), plex_signing_key())
+    (folder / "login.json").write_text(json.dumps({"token": expired, "client_identifier": "my-jwt-device",
+                                                   "how": "jwt"}))
+    fake.devices.clear()
+    assert cli("token")[:2] == (3, "")
+    (folder / "device-key.json").chmod(0o644)
+    code, out, err = cli("token")
+    assert (code, out) == (2, "")
+    assert err == (f"plexauth: error: refusing the kept file {folder / 'device-key.json'}: it is readable or "
+                   "writable by other users (mode 0644); remove it and run plexauth login --jwt; "
+                   "run plexauth login --jwt\n")
+    (folder / "device-key.json").unlink()
+    assert cli("token")[2] == (f"plexauth: error: cannot read the device key {folder / 'device-key.json'} "
+                               "(No such file or directory); run plexauth login --jwt\n")
+    # A plain login after a JWT one forgets the JWT login's key.
+    plexauth.save_device_key(RFC_KEY, folder / "device-key.json")
+    code, _, err = cli("login")
+    assert code == 0
+    assert f"; {folder / 'device-key.json'} is removed;" in err
+    (folder / "device-key.json").mkdir()
+    (folder / "device-key.json" / "x").write_text("")
+    code, _, err = cli("login")
+    assert code == 0
+    assert f"; the device key {folder / 'device-key.json'} could not be removed (" in err
+    assert cli("login", "--jwt", "--password")[2] == ("plexauth: error: --jwt is for a sign-in with a code: "
+                                                       "leave out --password\n")
+
+
+def test_cli__login_jwt_without_cryptography_names_the_extra(cli: Any, httpserver: HTTPServer,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cryptography", None)
+    for name in [name for name in sys.modules if name.startswith("cryptography.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    code, out, err = cli("login", "--jwt")
+    assert (code, out) == (1, "")
+    assert err == "plexauth: error: JWT sign-in needs the cryptography package: pip install 'plexauth-lite[jwt]'\n"
+    assert len(httpserver.log) == 0  # nothing was asked of plex.tv
+
+
+# ===========================================================================
 # Tests: the README's promises
 # ===========================================================================
 
@@ -5620,9 +6328,10 @@ def test_readme__guarantees_name_real_tests() -> None:
         return f"{n:,}".replace(",", " ")
 
     ci, local = settings.get_profile("ci").max_examples, settings.get_profile("default").max_examples
+    count = len(OPS) + (0 if HAVE_CRYPTOGRAPHY else len(SIGNING_OPS))  # those are left out without the extra
     assert (
-        f"for {figure(ci)} generated answers per operation in CI ({figure(ci * len(OPS))} in all, "
-        f"for the {len(OPS)} operations that talk HTTP; "
+        f"for {figure(ci)} generated answers per operation in CI ({figure(ci * count)} in all, "
+        f"for the {count} operations that talk HTTP; "
         f"{local} per operation in a local run)" in text
     )
     assert f"{THREADS} threads \u00d7 {CALLS_PER_THREAD} calls" in text

@@ -8,3 +8,5 @@ name: int = account.username  # E: username is a str
 plexauth.post_users_sign_in_data(config, "me", "pw", remember_me="yes")  # E: a bool is needed
 plexauth.wait_for_pin(config, 7)  # E: a Pin is needed
 config.token = "other"  # E: frozen
+plexauth.get_jwt(config, "device-key.json")  # E: a DeviceKey is needed
+expires: str = plexauth.verify_jwt(config, "a.b.c").expires_at  # E: expires_at is a datetime
