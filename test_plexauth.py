@@ -1024,21 +1024,28 @@ THREADS, CALLS_PER_THREAD = 8, 200
 
 
 
-@pytest.fixture(scope="module")
-def tls_server(tmp_path_factory: pytest.TempPathFactory):
+def tls_certificate(folder: Any, name: str = "127.0.0.1", **issue: Any) -> tuple[Any, str]:
+    """A server's TLS context with a certificate for ``name`` from a new trustme CA, and the
+    path of that CA's bundle in ``folder`` (for ``Config.verify``).  trustme needs
+    cryptography, which the CI run without the extra lacks: there the test skips."""
     import ssl
 
-    trustme = pytest.importorskip("trustme")  # with cryptography: not in the CI run without the extra
-
+    trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    bundle = tmp_path_factory.mktemp("tls") / "ca.pem"
-    ca.cert_pem.write_to_path(str(bundle))
+    ca.issue_cert(name, **issue).configure_cert(context)
+    bundle = os.path.join(str(folder), "ca.pem")
+    ca.cert_pem.write_to_path(bundle)
+    return context, bundle
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory):
+    context, bundle = tls_certificate(tmp_path_factory.mktemp("tls"))
     server = HTTPServer(host="127.0.0.1", port=0, ssl_context=context)
     server.expect_request("/security/token").respond_with_json({"MediaContainer": {"token": TRANSIENT}})
     server.start()
-    yield server, str(bundle)
+    yield server, bundle
     server.stop()
 
 
@@ -3492,15 +3499,7 @@ def test_hostile__unasked_bytes_inside_tls_are_not_read_as_the_next_answer(tmp_p
     """Bytes that came in the same TLS record as the answer, beyond http.client's
     8 KiB buffer, wait decrypted inside OpenSSL where polling the socket does not
     see them: the connection is not reused."""
-    import ssl
-
-    trustme = pytest.importorskip("trustme")  # with cryptography: not in the CI run without the extra
-
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    bundle = tmp_path_factory.mktemp("tls-extra") / "ca.pem"
-    ca.cert_pem.write_to_path(str(bundle))
+    server_context, bundle = tls_certificate(tmp_path_factory.mktemp("tls-extra"))
     seen: list[str] = []
 
     def handle(conn: socket.socket, done: threading.Event) -> None:
@@ -3515,11 +3514,11 @@ def test_hostile__unasked_bytes_inside_tls_are_not_read_as_the_next_answer(tmp_p
     try:
         url = f"https://127.0.0.1:{server.port}"
         for token in ("alice", "bob"):
-            config = Config(CLIENT_ID, token=token, plex_tv_url=url, verify=str(bundle), retries=0)
+            config = Config(CLIENT_ID, token=token, plex_tv_url=url, verify=bundle, retries=0)
             assert plexauth.get_token_details(config).username == "user-" + token
         assert seen == ["alice", "bob"]
     finally:
-        plexauth._pools[str(bundle)].clear()
+        plexauth._pools[bundle].clear()
         server.close()
     assert server.connections == 2  # the first connection was not reused
 
@@ -3585,19 +3584,11 @@ def test_hostile__a_certificate_made_of_the_token_is_not_logged(tmp_path_factory
     """A server that has the token shows a trusted certificate for another name
     with the token as its common name: urllib3 1.26 would log it when the name
     does not match; OpenSSL checks it here, and nothing is logged."""
-    import ssl
-
-    trustme = pytest.importorskip("trustme")  # with cryptography: not in the CI run without the extra
-
-    ca = trustme.CA()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("elsewhere.example", common_name=TOKEN).configure_cert(context)
-    bundle = tmp_path_factory.mktemp("tls-cn") / "ca.pem"
-    ca.cert_pem.write_to_path(str(bundle))
+    context, bundle = tls_certificate(tmp_path_factory.mktemp("tls-cn"), "elsewhere.example", common_name=TOKEN)
     server = HTTPServer(host="127.0.0.1", port=0, ssl_context=context)
     server.start()
     try:
-        config = Config(CLIENT_ID, token=TOKEN, plex_tv_url=server.url_for("/api/v2"), verify=str(bundle), retries=0)
+        config = Config(CLIENT_ID, token=TOKEN, plex_tv_url=server.url_for("/api/v2"), verify=bundle, retries=0)
         with raises(TransportError, match="TLS certificate of https://127.0.0.1:.* is not trusted"):
             plexauth.get_token_details(config)
     finally:
@@ -4898,23 +4889,15 @@ def test_connect__https_first_and_only_with_a_trusted_certificate(config: Config
                                                                  tmp_path: Any) -> None:
     # The identity check proves identity only where TLS verifies the name (plex.direct's
     # certificates): over plain http any address can repeat what the real /identity says.
-    import ssl
-
-    import trustme
-
-    ca = trustme.CA()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    bundle = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(bundle))
+    context, bundle = tls_certificate(tmp_path)
     secure = identities("machine-1", delay=0.3, ssl_context=context)  # slower than the plain one
     plain = identities("machine-1")
     https_uri = secure.url_for("").rstrip("/")
     assert https_uri.startswith("https://127.0.0.1:")
     resource = server_resource(connection(plain, local=True),
                                plexauth.Connection(uri=https_uri, protocol="https", local=True))
-    chosen = plexauth.connect(dataclasses.replace(config, verify=str(bundle)), resource)
-    assert (chosen.server_url, chosen.token, chosen.verify) == (https_uri, ACCESS_TOKEN, str(bundle))
+    chosen = plexauth.connect(dataclasses.replace(config, verify=bundle), resource)
+    assert (chosen.server_url, chosen.token, chosen.verify) == (https_uri, ACCESS_TOKEN, bundle)
     # Without the CA the certificate is not trusted: that candidate fails by name, the plain one is next.
     assert plexauth.connect(config, resource).server_url == plain.url_for("").rstrip("/")
     with raises(plexauth.ServerUnreachableError) as info:
