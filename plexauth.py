@@ -490,14 +490,16 @@ class _Plan:
     """How to decode one model class, worked out from its fields once.  (A
     plain class: making a typing.NamedTuple took 0.1 to 0.25 ms of the import.)"""
 
-    __slots__ = ("aliases", "fields", "required")
+    __slots__ = ("aliases", "fields", "required", "secret")
 
     def __init__(self, fields: tuple[tuple[str, str, Callable[[Any], Any], type | None, Any], ...],
-                 required: tuple[tuple[str, str], ...], aliases: tuple[tuple[str, str], ...]) -> None:
+                 required: tuple[tuple[str, str], ...], aliases: tuple[tuple[str, str], ...],
+                 secret: tuple[str, ...]) -> None:
         # (field name, wire key, converter, the type taken as is, the value when missing)
         self.fields = fields
         self.required = required  # (field name, wire key) of those that must be there
         self.aliases = aliases  # (other wire key, wire key): another shape of the same answer
+        self.secret = secret  # names of the fields that hold secrets
 
 
 @functools.lru_cache(maxsize=None)
@@ -508,6 +510,7 @@ def _plan(cls: type) -> _Plan:
               for name, meta in decoded),
         tuple((name, meta["key"]) for name, meta in decoded if meta["required"]),
         tuple((meta["alias"], meta["key"]) for _, meta in decoded if meta["alias"]),
+        tuple(name for name, meta in decoded if meta["secret"]),
     )
 
 
@@ -533,7 +536,21 @@ def _build(cls: type[_M], data: Any) -> _M:
     model: _M = object.__new__(model_class)
     # _secrets: the request's, which a server may have echoed into any field; the repr masks them.
     model.__dict__.update(values, raw=data, _secrets=_local.secrets)
+    held = tuple(str(values[name]) for name in plan.secret if values[name])
+    if held:
+        _share_secrets(values.values(), held)
     return model
+
+
+def _share_secrets(values: Any, secrets: tuple[str, ...]) -> None:
+    """Give the models among ``values`` (and theirs) the ``secrets`` of the
+    model that holds them, for their reprs to mask: plex.tv may repeat a
+    resource's token in one of its connections."""
+    for value in values:
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, _Record):
+                item.__dict__["_secrets"] = (*item.__dict__["_secrets"], *secrets)
+                _share_secrets(item.__dict__.values(), secrets)
 
 
 def _one(cls: type[_M]) -> Callable[[Any], _M | None]:
@@ -761,7 +778,10 @@ def _unb64url(text: Any, what: str) -> bytes:
     # Only the base64url alphabet: urlsafe_b64decode would drop other characters silently.
     if not isinstance(text, str) or not re.fullmatch("[A-Za-z0-9_-]*", text) or len(text) % 4 == 1:
         raise _Invalid(f"{what} is not base64url text")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64url(data) != text:  # bits past the last byte set: one value would have several spellings
+        raise _Invalid(f"{what} is not canonical base64url")
+    return data
 
 
 def _thumbprint(x: str) -> str:
@@ -830,12 +850,23 @@ class PlexJWT(_Record):
 def _jwt_part(text: str, what: str) -> dict[str, Any]:
     data = _unb64url(text, f"the JWT's {what}")
     try:
-        doc = _parse_text(data.decode("utf-8")) if data.lstrip()[:1] == b"{" else None
+        decoded = data.decode("utf-8")
+        doc = _parse_text(decoded) if data.lstrip()[:1] == b"{" else None
     except UnicodeDecodeError:
         doc = None
     if not isinstance(doc, dict):
         raise _Invalid(f"the JWT's {what} is not a JSON object")
+    # Parsed again (it is small, and its size checked): a key given twice would
+    # mean one thing to plexauth and maybe another to whoever reads it next.
+    json.loads(decoded, object_pairs_hook=functools.partial(_unique_keys, what))
     return doc
+
+
+def _unique_keys(what: str, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise _Invalid(f"the JWT's {what} gives a key twice")
+    return found
 
 
 def _decoded_jwt(token: Any) -> PlexJWT:
@@ -1686,12 +1717,28 @@ def _views(text: str) -> list[_View]:
     return views
 
 
+@functools.lru_cache(maxsize=32)
+def _pieces(secrets: tuple[str, ...]) -> tuple[str, ...]:
+    """``secrets`` and what else gives one away: the claims and the signature
+    of a JWT (its header is predictable, so either echoed alone rebuilds it,
+    the claims being guessable too), also in the standard base64 alphabet."""
+    found = list(secrets)
+    for secret in secrets:
+        parts = secret.split(".")
+        if len(parts) == 3 and all(re.fullmatch("[A-Za-z0-9_-]{16,}", part) for part in parts):
+            found += (form for part in (secret, *parts[1:]) for form in (part, part.translate(_STANDARD_ALPHABET)))
+    return tuple(dict.fromkeys(found))
+
+
+_STANDARD_ALPHABET = str.maketrans("-_", "+/")
+
+
 def _mask(text: str, secrets: tuple[str, ...], *, keys: bool = True, views: list[_View] | None = None) -> str:
     """``text`` with ``secrets``, and (with ``keys``) the values of
     secret-looking keys, replaced by ``***``: raw, JSON- or XML/HTML-escaped,
     percent-encoded, in base64, or any mix of these.  ``views``: the text's, if
     worked out already."""
-    forms = _secret_forms(tuple(secret for secret in secrets if secret))
+    forms = _secret_forms(_pieces(tuple(secret for secret in secrets if secret)))
     spans: list[tuple[int, int]] = []
     for view in views or _views(text):
         found = [match.span() for match in forms.finditer(view.text)] if forms else []
@@ -1800,6 +1847,7 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
     Latin-1, UTF-8 as Latin-1), more escapes than _mask undoes, base64 or hex
     of any of these, up to _DECODE_DEPTH times over.  Past the call's
     deadline it raises _OutOfTime (through _View.unescaped)."""
+    secrets = _pieces(secrets)
     wanted = _wanted(secrets)
     if not wanted:
         return False
@@ -1864,7 +1912,7 @@ def _decoded(run: str) -> list[str]:
     import base64  # noqa: PLC0415 (only masking needs it)
 
     texts = []
-    standard = run.translate(str.maketrans("-_", "+/"))
+    standard = run.translate(_STANDARD_ALPHABET)
     for start in range(4):
         chunk = standard[start:]
         chunk = chunk[: len(chunk) - (len(chunk) % 4 == 1)]  # one character left over carries no byte
@@ -1888,6 +1936,7 @@ def _shown(text: str, secrets: tuple[str, ...], *, keys: bool = True) -> str:
     in it in a form that cannot be cut out."""
     if len(text) > _MAX_SHOWN_CHARS and any(secrets):
         return "***"
+    secrets = _pieces(secrets)
     if not keys and len(text) < min((len(secret) for secret in secrets if secret), default=0):
         return text  # every form of a secret is at least as long as the secret
     try:
@@ -2112,13 +2161,24 @@ def _shown_value(value: Any, secrets: tuple[str, ...]) -> Any:
     """A scalar fit to show: a string as _shown makes it, a number withheld when it spells a secret."""
     if isinstance(value, str):
         return _shown(value, secrets)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and _shown(str(value), secrets) != str(value):
-        return "***"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        text = str(value)
+        # A PIN or code of digits comes back as a JSON number without its leading zeros.
+        digits = {secret.lstrip("0") or "0" for secret in secrets if secret.isdigit()}
+        if _shown(text, secrets) != text or text in digits:
+            return "***"
     return value
 
 
-def _shown_error(text: str, secrets: tuple[str, ...]) -> tuple[str | None, tuple[Any, ...], bytes]:
-    """(message, errors, body) of an error body, fit to show."""
+#: The longest form of a secret that masking finds (percent-encoded UTF-8, escapes
+#: of escapes) is at most this many times the secret's length.
+_CUT_MARGIN = 16
+
+
+def _shown_error(text: str, secrets: tuple[str, ...], *, cut: bool = False) -> tuple[str | None, tuple[Any, ...],
+                                                                                    bytes]:
+    """(message, errors, body) of an error body, fit to show; ``cut``: the
+    body was read only in part, so its end may hold the start of a secret."""
     text = _mask(text, secrets)
     _, parsed_message, parsed = _error_details(text)
     # What parsing made of the text (entities, comments, joined spaces) is
@@ -2128,6 +2188,8 @@ def _shown_error(text: str, secrets: tuple[str, ...]) -> tuple[str | None, tuple
                    for entry in parsed)
     message = None if parsed_message is None else _shown(parsed_message, secrets)
     withheld = errors != parsed or message != parsed_message or _reveals(text, secrets)
+    if cut:  # a secret echoed across the end of what was read is not whole there, so not masked: that end goes
+        text = text[: max(0, len(text) - _CUT_MARGIN * max(map(len, secrets), default=0))]
     body = b"" if withheld else text.encode("utf-8")[:_KEPT_ERROR_BODY]
     if message is not None:
         message = message[:_KEPT_MESSAGE]  # cut after masking: a cut secret would no longer be found
@@ -2142,7 +2204,7 @@ def _api_error(answer: _Answer, request: _Request) -> APIError:
     # not turn HomePinRequiredError into a plain APIError.
     kind = _error_details(text)[0]
     try:
-        message, errors, body = _shown_error(text, secrets)
+        message, errors, body = _shown_error(text, secrets, cut=len(answer.body) >= _READ_ERROR_BODY)
     except _OutOfTime:  # the deadline passed while masking: only the status and code are kept
         message, errors, body = None, (), b""
     code = kind if _shown_value(kind, secrets) == kind else None  # a number can be a secret too (a 2FA code)
@@ -2706,25 +2768,51 @@ def _machine_identifier(doc: Any) -> str:
     return found
 
 
+#: Plex's connection URIs are some 50 characters; a longer one than this is no
+#: address of a server, and masking it (it may hold a token) would take time.
+_MAX_URI_CHARS = 2048
+
+
 def _candidates(resource: Resource) -> list[str]:
-    """The URIs ``connect`` may try, most preferred first: local, remote,
-    relay; https before http; IPv4 before IPv6."""
+    """The URIs ``connect`` may try, most preferred first: https before
+    http (only TLS proves who answers), then local, remote, relay; IPv4
+    before IPv6."""
     ranked = []
     for connection in resource.connections:
         uri = connection.uri or ""
         https = uri.lower().startswith("https://")
-        if not uri or (connection.local and resource.owned is False) or (resource.https_required and not https):
-            continue  # another's LAN is not ours to probe; plain http when the server wants https
+        if not uri or len(uri) > _MAX_URI_CHARS or (connection.local and resource.owned is False) or (
+                resource.https_required and not https):
+            continue  # not a URI; another's LAN is not ours to probe; plain http when the server wants https
         place = 2 if connection.relay else 0 if connection.local else 1
         ipv6 = connection.ipv6 is True or uri.partition("://")[2].startswith("[")  # a literal plex.tv did not flag
-        ranked.append(((place, not https, ipv6), uri))
+        ranked.append(((not https, place, ipv6), uri))
     ranked.sort(key=lambda item: item[0])  # stable: plex.tv's order within a rank
     return list(dict.fromkeys(uri for _, uri in ranked))
 
 
-#: Probes run at once, so that hanging LAN addresses cannot keep a working one
-#: from being tried; a resource has a handful of connections, more wait for a thread.
+#: Probes run at once, each for the whole ``timeout``; a server has a handful
+#: of connections, so a list longer than this (a hostile one) has only its
+#: most preferred tried, which bounds the threads and the time spent.
 _MAX_PROBES = 16
+
+
+def _check_resource(resource: Any) -> Resource:
+    """``resource`` if connect can use it; TypeError naming the field otherwise
+    (a Resource built by hand, not decoded from plex.tv's answer)."""
+    if not isinstance(resource, Resource):
+        raise TypeError(f"resource must be a plexauth.Resource (from get_resources), not {type(resource).__name__}")
+    _check_text("resource.client_identifier", resource.client_identifier)
+    _check_text("resource.name", resource.name, optional=True)
+    _check_text("resource.access_token", resource.access_token, optional=True, secret=True, header=True)
+    for name in ("provides", "connections"):
+        kind = str if name == "provides" else Connection
+        value = getattr(resource, name)
+        if not isinstance(value, tuple) or not all(isinstance(item, kind) for item in value):
+            raise TypeError(f"resource.{name} must be a tuple of {kind.__name__}")
+    for index, connection in enumerate(resource.connections):
+        _check_text(f"resource.connections[{index}].uri", connection.uri, optional=True)
+    return resource
 
 
 def connect(config: Config, resource: Resource, *, timeout: float = 5.0) -> Config:
@@ -2732,17 +2820,18 @@ def connect(config: Config, resource: Resource, *, timeout: float = 5.0) -> Conf
     ``server_url`` is the most preferred connection that proved to be that
     server, and its ``token`` the server's own ``resource.access_token``.
 
-    Each candidate's ``/identity`` is asked at once (a few at a time),
+    Each candidate's ``/identity`` is asked at once (the 16 most preferred),
     without any token; one qualifies when it answers with the resource's
     machine identifier, so the token never reaches a stale address that now
     belongs to another device.  That proof holds where TLS checks the name,
-    over https (plex.direct certificates name the server; https is tried
-    first, with ``config.verify``): over plain http any device can repeat
-    what a server's ``/identity`` says.  Preference wins over speed: a less preferred
-    connection is taken only once every more preferred one has failed, or
-    ``timeout`` seconds (for the whole choice) have passed.  Raises
-    ``ServerUnreachableError`` when none qualifies, ``ValueError`` for a
-    resource that is not a server.
+    over https (plex.direct certificates name the server; checked with
+    ``config.verify``): over plain http any device can repeat what a
+    server's ``/identity`` says, so every https connection is preferred to
+    every http one; then local, remote, relay.  Preference wins over speed:
+    a less preferred connection is taken only once every more preferred one
+    has failed, or ``timeout`` seconds (for the whole choice) have passed.
+    Raises ``ServerUnreachableError`` when none qualifies, ``ValueError``
+    for a resource that is not a server.
 
     Example::
 
@@ -2751,27 +2840,25 @@ def connect(config: Config, resource: Resource, *, timeout: float = 5.0) -> Conf
     """
     import concurrent.futures  # noqa: PLC0415 (only connect runs threads)
 
-    if not isinstance(resource, Resource):
-        raise TypeError(f"resource must be a plexauth.Resource (from get_resources), not {type(resource).__name__}")
-    if "server" not in resource.provides:
-        raise ValueError(f"resource {resource.name!r} is not a server (it provides {', '.join(resource.provides)})")
-    limit = _check_seconds("timeout", timeout)
     _prepared(config)  # a wrong config is the caller's TypeError, before any thread
-    deadline = time.monotonic() + limit
-    # plex.tv writes the connections: one could hold the server's token (or the
-    # caller's), which then must not travel to an unproven address, nor show.
+    _check_resource(resource)
+    # plex.tv writes the resource: any field could hold the server's token (or
+    # the caller's), which then must not travel to an unproven address, nor show.
     secrets = tuple(secret for secret in (resource.access_token, config.token) if secret)
-    candidates = _candidates(resource)
-    # More candidates than run at once go in waves, each probe held to its
-    # share of the time, so that hanging ones cannot keep the rest untried.
-    share = limit / -(-len(candidates) // _MAX_PROBES) if candidates else limit
+    named = _shown(repr(resource.name or resource.client_identifier), secrets)
+    if "server" not in resource.provides:
+        provides = _shown(", ".join(resource.provides), secrets)
+        raise ValueError(f"resource {named} is not a server (it provides {provides})")
+    limit = _check_seconds("timeout", timeout)
+    deadline = time.monotonic() + limit
+    every = _candidates(resource)
+    candidates = every[:_MAX_PROBES]
 
     def probe(uri: str) -> str | None:
         """None when ``uri`` is the server, else why not."""
         if _shown(uri, secrets) != uri:
             return "not tried: its URI holds a token"
-        # One that starts late ends at once, by its time limit.
-        left = max(min(deadline - time.monotonic(), share), 0.001)
+        left = max(deadline - time.monotonic(), 0.001)
         try:
             probing = dataclasses.replace(config, server_url=uri, token=None, retries=0, total_timeout=left,
                                           timeout=min(config.timeout, left))
@@ -2792,7 +2879,7 @@ def connect(config: Config, resource: Resource, *, timeout: float = 5.0) -> Conf
     reasons: dict[str, str] = {}
     chosen = None
     if candidates:
-        pool = concurrent.futures.ThreadPoolExecutor(min(len(candidates), _MAX_PROBES), "plexauth-connect")
+        pool = concurrent.futures.ThreadPoolExecutor(len(candidates), "plexauth-connect")
         futures = [pool.submit(probe, uri) for uri in candidates]
         try:
             for uri, future in zip(candidates, futures):  # in preference order: the first that qualifies wins
@@ -2805,15 +2892,15 @@ def connect(config: Config, resource: Resource, *, timeout: float = 5.0) -> Conf
                     break
                 reasons[uri] = reason
         finally:
-            for future in futures:
-                future.cancel()  # those not started; a running probe ends by the deadline on its own
-            pool.shutdown(wait=False)
+            pool.shutdown(wait=False)  # every probe has started, and ends by the deadline on its own
     if chosen is None:
         attempts = tuple((_shown(uri, secrets), reasons.get(uri, f"no answer within {limit:g} s"))
                          for uri in candidates)
-        what = f"no connection of {resource.name or resource.client_identifier!r} proved to be that server"
+        what = f"no connection of {named} proved to be that server"
+        if len(every) > len(candidates):
+            what += f" (the {len(candidates)} most preferred of its {len(every)} connections were tried)"
         if not candidates:
-            what = f"{resource.name or resource.client_identifier!r} has no connection that may be tried from here"
+            what = f"{named} has no connection that may be tried from here"
         raise ServerUnreachableError(what, method="GET", path="/identity", attempts=attempts)
     return dataclasses.replace(config, server_url=chosen, token=resource.access_token)
 
@@ -2854,7 +2941,9 @@ def switch_home_user(config: Config, user: HomeUser, *, pin: str | None = None) 
     """
     if not isinstance(user, HomeUser):
         raise TypeError(f"user must be a plexauth.HomeUser (from get_home_users), not {type(user).__name__}")
-    if pin is not None and not (isinstance(pin, str) and len(pin) == 4 and pin.isascii() and pin.isdigit()):
+    if pin is not None and not isinstance(pin, str):
+        raise TypeError(f"pin must be the Home PIN as a str, not {type(pin).__name__}")
+    if pin is not None and not (len(pin) == 4 and pin.isascii() and pin.isdigit()):
         raise ValueError("pin must be the Home PIN: 4 digits as text")  # never the value: it is a secret
     path = f"/home/users/{urllib.parse.quote(_check_text('user.uuid', user.uuid), safe='')}/switch"
     return _call(config, "POST", path, _switched, minted="user", on_server=False,
@@ -2873,8 +2962,11 @@ _NEEDS_CRYPTOGRAPHY = "JWT sign-in needs the cryptography package: pip install '
 _DEVICE_JWT_SECONDS = 300
 #: Clocks may disagree by this much when a JWT's times are checked.
 _JWT_SKEW_SECONDS = 60
-# plex.tv's public keys by kid, for each clients_url: fetched again when a token names one not here.
-_jwt_keys: dict[str, dict[str, bytes]] = {}
+# plex.tv's public keys by kid, with when they were fetched, for each clients_url and way of
+# checking its certificate (keys fetched without verify=True must not serve a caller who
+# verifies); fetched again when a token names a kid not here, or when they are an hour old.
+_jwt_keys: dict[tuple[str, bool | str], tuple[float, dict[str, bytes]]] = {}
+_JWT_KEYS_SECONDS = 3600
 
 
 def _crypto() -> tuple[Any, Any, Any]:
@@ -2941,6 +3033,12 @@ def generate_device_key() -> DeviceKey:
     return _device_key(_b64url(public), _b64url(raw))
 
 
+def _check_path(path: Any) -> str:
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        raise TypeError(f"path must be a str or an os.PathLike of str, not {type(path).__name__}")
+    return os.fspath(path)
+
+
 def save_device_key(key: DeviceKey, path: str | os.PathLike[str]) -> None:
     """Write ``key`` to ``path`` as a private JWK (JSON), mode 0600 and
     atomically: a reader sees the old file or the whole new one.
@@ -2953,7 +3051,7 @@ def save_device_key(key: DeviceKey, path: str | os.PathLike[str]) -> None:
         save_device_key(generate_device_key(), "device-key.json")
     """
     _check_key(key)
-    _write_private(os.fspath(path), json.dumps({**key.public_jwk, "d": key.d}))
+    _write_private(_check_path(path), json.dumps({**key.public_jwk, "d": key.d}))
 
 
 def load_device_key(path: str | os.PathLike[str]) -> DeviceKey:
@@ -2968,7 +3066,7 @@ def load_device_key(path: str | os.PathLike[str]) -> DeviceKey:
 
         key = load_device_key("device-key.json")
     """
-    path = os.fspath(path)
+    path = _check_path(path)
     try:
         text = _read_kept(path, folder=False)
     except _UsageError as exc:  # the file is not private
@@ -2977,10 +3075,10 @@ def load_device_key(path: str | os.PathLike[str]) -> DeviceKey:
         if exc.errno != errno.EILSEQ:
             raise
         text = ""  # not text: not a JWK
-    if text is None:
+    if text is None and not os.path.lexists(path):  # else it is empty: not a JWK
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
     try:
-        jwk = json.loads(text)
+        jwk = json.loads(text or "")
         if (jwk["kty"], jwk["crv"]) != ("OKP", "Ed25519"):
             raise ValueError
         key = _device_key(jwk["x"], jwk["d"])
@@ -3022,7 +3120,10 @@ def _issued_jwt(doc: Any) -> PlexJWT:
     token = doc.get("auth_token", doc.get("authToken")) if isinstance(doc, dict) else None
     if token is None:
         raise _Invalid("'auth_token' is missing")
-    return _decoded_jwt(token)
+    jwt = _decoded_jwt(token)
+    if jwt.expires_at.timestamp() < time.time() - _JWT_SKEW_SECONDS:
+        raise _Invalid(f"the JWT expired already, at {jwt.expires_at:%Y-%m-%d %H:%M:%S} UTC")
+    return jwt
 
 
 def get_jwt(config: Config, key: DeviceKey, *, scope: str = JWT_SCOPE) -> PlexJWT:
@@ -3112,10 +3213,12 @@ def verify_jwt(config: Config, token: str, *, key: DeviceKey | None = None) -> P
     kid = header.get("kid")
     if header.get("alg") != "EdDSA" or not isinstance(kid, str):
         raise refused("its header does not name an EdDSA key ('alg', 'kid')")
-    keys = _jwt_keys.get(config.clients_url, {})
-    if kid not in keys:
-        keys = _jwt_keys[config.clients_url] = _call(config, "GET", "/auth/keys", _key_set, on_server=False,
-                                                     clients=True, send_token=False, secrets=(token,))
+    where = (config.clients_url, config.verify)
+    fetched, keys = _jwt_keys.get(where, (0.0, {}))
+    if kid not in keys or time.monotonic() - fetched > _JWT_KEYS_SECONDS:
+        keys = _call(config, "GET", "/auth/keys", _key_set, on_server=False, clients=True, send_token=False,
+                     secrets=(token,))
+        _jwt_keys[where] = (time.monotonic(), keys)
     if kid not in keys:
         raise refused(f"plex.tv has no key {_printable(kid[:64])!r}")
     head, body, signature = token.split(".")
@@ -3131,8 +3234,13 @@ def verify_jwt(config: Config, token: str, *, key: DeviceKey | None = None) -> P
         raise refused("it was not issued by plex.tv ('iss')")
     if "plex.tv" not in audiences or config.client_identifier not in audiences:
         raise refused(f"it is not meant for plex.tv and {config.client_identifier!r} ('aud')")
+    for name in ("exp", "iat", "nbf"):
+        if claims.get(name) is not None and type(claims[name]) is not int:  # not a bool, nor text
+            raise refused(f"its {name!r} is not a whole number of seconds")
     if jwt.expires_at.timestamp() < now - _JWT_SKEW_SECONDS:
         raise refused(f"it expired at {jwt.expires_at:%Y-%m-%d %H:%M:%S} UTC")
+    if claims.get("nbf", 0) > now + _JWT_SKEW_SECONDS:
+        raise refused("it is not valid yet ('nbf')")
     if jwt.issued_at is None or jwt.issued_at.timestamp() > now + _JWT_SKEW_SECONDS:
         raise refused("it has no time of issue, or one still to come ('iat')")
     if key is not None and jwt.thumbprint != key.kid:
@@ -3265,8 +3373,7 @@ def _check_private(path: str, *, folder: bool = False, fd: int | None = None) ->
 
 
 def _refuse(path: str, wrong: str, kind: str = "file") -> NoReturn:
-    remedy = {"client-id": ", or set PLEX_CLIENT_IDENTIFIER", _LOGIN_FILE: " and run plexauth login",
-              _KEY_FILE: " and run plexauth login --jwt"}
+    remedy = {"client-id": ", or set PLEX_CLIENT_IDENTIFIER", _LOGIN_FILE: " and run plexauth login"}
     hint = remedy.get(os.path.basename(path), "") if kind == "file" else ", or chmod 700 it" if "mode" in wrong else ""
     raise _UsageError(f"refusing the kept {kind} {path}: it is {wrong}; remove it{hint}")
 
@@ -3578,19 +3685,23 @@ def _show(args: Any, data: dict[str, Any], lines: list[str], *, token: str | Non
     secrets masked (a server may echo them anywhere), except ``token``, the
     new token this command was asked to print (it may hold a PIN's digits)."""
     secrets = tuple(secret for secret in args.secrets if secret != token)
-
-    def shown(value: Any) -> Any:
-        if isinstance(value, str):
-            if token and token in value:  # the token as asked for; what is around it masked as ever
-                return token.join(shown(part) for part in value.split(token))
-            return _shown(value, secrets, keys=False)
-        if isinstance(value, dict):
-            return {key: shown(item) for key, item in value.items()}
-        return [shown(item) for item in value] if isinstance(value, list) else value
-
     # Each string on its own, before JSON escapes multiply it; JSON escapes control characters itself.
-    _emit(sys.stdout, json.dumps(shown(data), indent=2, default=str) if args.json
-          else "\n".join(_printable(line) for line in shown(lines)))
+    _emit(sys.stdout, json.dumps(_masked(data, secrets, token), indent=2, default=str) if args.json
+          else "\n".join(_printable(line) for line in _masked(lines, secrets, token)))
+
+
+def _masked(value: _T, secrets: tuple[str, ...], token: str | None = None) -> _T:
+    """The strings in ``value`` (a dict, list or string) with ``secrets``
+    masked, except ``token`` (it may hold a PIN's digits)."""
+    if isinstance(value, str):
+        if token and token in value:  # the token as asked for; what is around it masked as ever
+            return token.join(_masked(part, secrets) for part in value.split(token))  # type: ignore[return-value]
+        return _shown(value, secrets, keys=False)  # type: ignore[return-value]
+    if isinstance(value, dict):
+        return {key: _masked(item, secrets, token) for key, item in value.items()}  # type: ignore[return-value]
+    if isinstance(value, list):
+        return [_masked(item, secrets, token) for item in value]  # type: ignore[return-value]
+    return value
 
 
 class _Unwritable(OSError):
@@ -3826,15 +3937,17 @@ def _renewed(args: Any, token: str) -> str:
     config = _config(args, token=False)
     path = _kept_path(_KEY_FILE)
     try:
-        key = load_device_key(path)
-    except (OSError, ValueError) as exc:
-        why = f"cannot read the device key {path} ({exc.strerror})" if isinstance(exc, OSError) else str(exc)
-        raise _UsageError(f"{why}; run plexauth login --jwt") from None
-    try:
-        renewed = get_jwt(config, key).token
-    except PlexAuthError as exc:
+        try:
+            key = load_device_key(path)
+            renewed = get_jwt(config, key).token
+        except (OSError, ValueError) as exc:  # ValueError: the key's file, or its halves that do not match
+            why = f"cannot read the device key {path} ({exc.strerror})" if isinstance(exc, OSError) else (
+                str(exc) if path in str(exc) else f"the device key {path} cannot sign ({exc})")
+            raise _UsageError(f"{why}; run plexauth login --jwt") from None
+    except (PlexAuthError, _UsageError, ModuleNotFoundError) as exc:
         if expires is None or expires <= now:
             raise
+        # The kept token still works: a cron job gets it, and the warning says why it was not renewed.
         _say(f"warning: the token could not be renewed ({_shown(str(exc), tuple(args.secrets))}); "
              f"it is good until {expires:%Y-%m-%d %H:%M} UTC")
         return token
@@ -3921,13 +4034,16 @@ def _servers(config: Config) -> list[Resource]:
 def _cmd_servers(args: Any) -> int:
     data, lines = [], []
     for resource in _servers(_config(args)):
-        args.secrets.append(resource.access_token or "")  # plex.tv could put it in a connection's URI
+        # Each server's entry with its own token masked (plex.tv could put it in a connection's URI);
+        # every token in every line would take time that grows with the square of the list.
+        secrets = (resource.access_token or "",)
         connections, connection_lines = _connections_shown(resource.connections)
         whose = "owned" if resource.owned else f"shared by {resource.source_title or '?'}"
-        data.append({"name": resource.name, "clientIdentifier": resource.client_identifier, "owned": resource.owned,
-                     "sourceTitle": resource.source_title, "connections": connections})
-        lines += [f"{resource.name or '-'} ({whose}): {resource.client_identifier}",
-                  *(f"  {line}" for line in connection_lines)]
+        data.append(_masked({"name": resource.name, "clientIdentifier": resource.client_identifier,
+                             "owned": resource.owned, "sourceTitle": resource.source_title,
+                             "connections": connections}, secrets))
+        lines += _masked([f"{resource.name or '-'} ({whose}): {resource.client_identifier}",
+                          *(f"  {line}" for line in connection_lines)], secrets)
     _show(args, {"servers": data}, lines or ["no servers"])
     return 0
 

@@ -203,6 +203,7 @@ import re
 import selectors
 import shutil
 import socket
+import string
 import subprocess
 import sys
 import textwrap
@@ -2516,6 +2517,23 @@ def test_errors__error_body_is_cut_after_masking(httpserver: HTTPServer, config:
     assert info.value.body == b"x" * (kept - 5) + b"***yy"
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+def test_errors__a_secret_across_the_end_of_what_is_read_is_not_kept(httpserver: HTTPServer, config: Config,
+                                                                     encoding: str) -> None:
+    # Only the start of an error body is read: a token echoed across that end is not whole
+    # there, so masking cannot find it, and what is kept must end well before it.
+    read = 2 * 16 * 1024
+    width = 1 if encoding == "utf-8" else 2
+    text = "\ufeff" + "." * ((read - 3) // width - len(TOKEN) + 1) + TOKEN + "y" * 100
+    body = text.encode("utf-16-le") if encoding == "utf-16" else text.encode()
+    httpserver.expect_request("/api/v2/user").respond_with_data(
+        body, status=500, content_type=f"text/plain; charset={encoding}")
+    with raises(APIError) as info:
+        plexauth.get_token_details(config)
+    assert info.value.body.lstrip(b"\xef\xbb\xbf").strip(b".") == b""  # no part of the token
+    assert len(info.value.body) > 8 * 1024
+
+
 def test_errors__oversized_body(httpserver: HTTPServer, config: Config) -> None:
     body = b"{" + b" " * plexauth.MAX_BODY_BYTES + b"}"
     httpserver.expect_request("/api/v2/user").respond_with_data(body)
@@ -4714,9 +4732,19 @@ def test_home_users__a_missing_or_wrong_pin_is_home_pin_required(httpserver: HTT
     for text in (str(info.value), repr(info.value), repr(info.value.__dict__)):
         assert HOME_PIN not in text
     assert len(httpserver.log) == 1  # a POST: never sent twice
-    for pin, error in ((1234, ValueError), ("12345", ValueError), ("12a4", ValueError), ("\u0661234", ValueError)):
-        with pytest.raises(error, match=r"^pin must be the Home PIN: 4 digits as text$"):
-            plexauth.switch_home_user(config, kid, pin=pin)  # type: ignore[arg-type]
+    # A PIN of digits echoed as a JSON number loses its leading zeros; still masked.
+    for pin in ("0482", "0048", "0000"):
+        httpserver.clear()
+        echo = {"errors": [{"code": 1041, "message": "Invalid PIN", "status": 403, "pin": int(pin)}]}
+        httpserver.expect_request("/api/v2/home/users/kid-uuid-0001/switch").respond_with_json(echo, status=403)
+        with raises(plexauth.HomePinRequiredError) as info:
+            plexauth.switch_home_user(config, kid, pin=pin)
+        assert (info.value.errors[0]["pin"], info.value.body) == ("***", b"")
+    for pin in ("12345", "12a4", "\u0661234"):
+        with pytest.raises(ValueError, match=r"^pin must be the Home PIN: 4 digits as text$"):
+            plexauth.switch_home_user(config, kid, pin=pin)
+    with pytest.raises(TypeError, match=r"^pin must be the Home PIN as a str, not int$"):
+        plexauth.switch_home_user(config, kid, pin=1234)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"user must be a plexauth\.HomeUser"):
         plexauth.switch_home_user(config, "kid-uuid-0001")  # type: ignore[arg-type]
     odd = plexauth.HomeUser(id=3, uuid="a/b?c")
@@ -4950,17 +4978,68 @@ def test_connect__a_uri_holding_a_token_is_never_probed(config: Config, identiti
     assert stale.connections == 0
 
 
-def test_connect__more_candidates_than_run_at_once_all_get_tried(config: Config, fault_server: Any,
-                                                                 identities: Any) -> None:
-    # Hanging LAN addresses beyond the probes that run at once: each is held to its share
-    # of the time, so that the working one queued behind them is tried.
-    hanging = [fault_server(silent) for _ in range(plexauth._MAX_PROBES)]
+def closed_ports(count: int) -> list[int]:
+    """Ports on 127.0.0.1 that refuse connections (free a moment ago)."""
+    servers = [socket.create_server(("127.0.0.1", 0)) for _ in range(count)]
+    ports = [server.getsockname()[1] for server in servers]
+    for server in servers:
+        server.close()
+    return ports
+
+
+def test_connect__a_list_longer_than_the_probes_has_its_most_preferred_tried(config: Config,
+                                                                             identities: Any) -> None:
+    # A server has a handful of connections: of a longer (hostile) list the most preferred are
+    # tried, all at once and each for the whole timeout, which bounds the threads and the time.
+    refused = [plexauth.Connection(uri=f"http://127.0.0.1:{port}", local=True)
+               for port in closed_ports(plexauth._MAX_PROBES)]
+    slow_local = identities("machine-1", delay=0.8)  # slower than a share of the timeout would allow
     remote = identities("machine-1")
-    resource = server_resource(*(plexauth.Connection(uri=f"http://127.0.0.1:{server.port}", local=True)
-                                 for server in hanging), connection(remote, local=False))
-    started = time.monotonic()
-    assert plexauth.connect(config, resource, timeout=2.0).server_url == remote.url_for("").rstrip("/")
-    assert time.monotonic() - started < 2.0 + 1.5
+    resource = server_resource(*refused[1:], connection(slow_local, local=True), connection(remote, local=False))
+    chosen = plexauth.connect(config, resource, timeout=3.0)
+    assert chosen.server_url == slow_local.url_for("").rstrip("/")
+    with raises(plexauth.ServerUnreachableError) as info:
+        plexauth.connect(config, server_resource(*refused, connection(remote, local=False)), timeout=3.0)
+    assert str(info.value) == ("GET /identity could not complete: no connection of 'Living Room' proved to be that "
+                               "server (the 16 most preferred of its 17 connections were tried)")
+    assert [uri for uri, _ in info.value.attempts] == [c.uri for c in refused]
+    assert remote.log == []  # the 17th is not tried
+    overlong = plexauth.Connection(uri=remote.url_for("/" + "a" * plexauth._MAX_URI_CHARS), local=True)
+    with raises(plexauth.ServerUnreachableError, match="has no connection that may be tried from here"):
+        plexauth.connect(config, server_resource(overlong))
+    assert remote.log == []
+
+
+def test_connect__verified_https_beats_plain_http_even_on_the_lan(config: Config, identities: Any,
+                                                                  tmp_path: Any) -> None:
+    # The usual list after a move: the old LAN address now belongs to another device, which fails
+    # TLS but repeats the server's identity over http. Only the https connection proved anything.
+    context, bundle = tls_certificate(tmp_path)
+    stale_lan = identities("machine-1")
+    remote_https = identities("machine-1", delay=0.3, ssl_context=context)
+    https_uri = remote_https.url_for("").rstrip("/")
+    resource = server_resource(connection(stale_lan, local=True),
+                               plexauth.Connection(uri=https_uri, protocol="https", local=False))
+    chosen = plexauth.connect(dataclasses.replace(config, verify=bundle), resource)
+    assert (chosen.server_url, chosen.token) == (https_uri, ACCESS_TOKEN)
+    assert [uri for uri in plexauth._candidates(resource)] == [https_uri, stale_lan.url_for("").rstrip("/")]
+
+
+def test_connect__the_servers_token_is_masked_wherever_plex_tv_repeats_it(httpserver: HTTPServer,
+                                                                          config: Config) -> None:
+    leaky = {"clientIdentifier": "machine-1", "name": f"Den {ACCESS_TOKEN}", "provides": "player",
+             "accessToken": ACCESS_TOKEN, "connections": [{"uri": f"http://127.0.0.1:1/{ACCESS_TOKEN}"}]}
+    httpserver.expect_request("/api/v2/resources").respond_with_json([leaky, {**leaky, "provides": "server"}])
+    player, server = plexauth.get_resources(config)
+    shown = [repr(player.connections[0]), str(player.connections), repr(server)]
+    with pytest.raises(ValueError, match=r"^resource 'Den \*\*\*' is not a server \(it provides player\)$"):
+        plexauth.connect(config, player)
+    with raises(plexauth.ServerUnreachableError) as info:
+        plexauth.connect(config, server)
+    shown += [str(info.value), repr(info.value.attempts)]
+    for text in shown:
+        assert ACCESS_TOKEN not in text
+        assert "***" in text
 
 
 def test_connect__ipv4_before_an_ipv6_literal_plex_tv_did_not_flag(config: Config) -> None:
@@ -4981,6 +5060,17 @@ def test_connect__wrong_arguments(config: Config) -> None:
         plexauth.connect(config, "machine-1")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="timeout must be a positive number"):
         plexauth.connect(config, server_resource(), timeout=0)
+    # A Resource built by hand with the wrong types: the field named, before any probe.
+    for fields, message in (({"connections": ({"uri": "http://127.0.0.1:1"},)}, "resource.connections must be a "
+                             "tuple of Connection"), ({"provides": None}, "resource.provides must be a tuple of str"),
+                            ({"access_token": 5}, "resource.access_token must be a str, not int"),
+                            ({"access_token": "a\nb"}, "resource.access_token must not contain control characters"),
+                            ({"connections": (plexauth.Connection(uri=5),)},  # type: ignore[arg-type]
+                             r"resource.connections\[0\].uri must be a str, not int")):
+        with pytest.raises((TypeError, ValueError), match=f"^{message}$"):
+            plexauth.connect(config, dataclasses.replace(server_resource(), **fields))
+    with pytest.raises(TypeError, match=r"^config must be a plexauth\.Config, not NoneType$"):
+        plexauth.connect(None, server_resource())  # type: ignore[arg-type]
 
 
 def test_connect__answers_that_are_not_an_identity(config: Config, httpserver: HTTPServer) -> None:
@@ -5909,6 +5999,14 @@ def test_device_key__file_is_private_atomic_and_read_back(tmp_path: Any) -> None
         plexauth.load_device_key(path / "inside")
     with raises(TypeError, match="key must be a plexauth.DeviceKey"):
         plexauth.save_device_key("key", path)  # type: ignore[arg-type]
+    for wrong in (None, 5, b"device-key.json"):
+        with raises(TypeError, match=f"^path must be a str or an os.PathLike of str, not {type(wrong).__name__}$"):
+            plexauth.load_device_key(wrong)  # type: ignore[arg-type]
+        with raises(TypeError, match="^path must be a str"):
+            plexauth.save_device_key(RFC_KEY, wrong)  # type: ignore[arg-type]
+    path.write_text("")  # there, but empty: not a key, and not "no such file"
+    with raises(ValueError, match="is not a private Ed25519 JWK"):
+        plexauth.load_device_key(path)
 
 
 @pytest.mark.parametrize(
@@ -6041,6 +6139,59 @@ def test_verify_jwt__refuses(clients: Any, claims: dict[str, Any], sign: str, re
 
 
 @needs_cryptography
+def test_verify_jwt__refuses_what_plex_tv_signed_in_a_loose_form(clients: Any) -> None:
+    # Each is signed by plex.tv's key; each says one thing to plexauth and may say another
+    # to the next reader, or spells one token several ways.
+    fake, config = clients
+    jwt_config = dataclasses.replace(config, client_identifier="jwt-device-3")
+    signer, now = fake.signing[1][1], int(time.time())
+
+    def signed(header: str, claims: str) -> str:
+        head = f"{b64url(header.encode())}.{b64url(claims.encode())}"
+        return f"{head}.{b64url(signer.sign(head.encode()))}"
+
+    header = '{"alg": "EdDSA", "kid": "plex-key-1", "typ": "JWT"}'
+    good = plex_jwt(jwt_claims("jwt-device-3"), signer, "plex-key-1")
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+    spare_bits = good[:-1] + alphabet[alphabet.index(good[-1]) ^ 1]  # bits past the signature's last byte
+    claims = json.dumps(jwt_claims("jwt-device-3"))
+    for token, reason in (
+            (plex_jwt(jwt_claims("jwt-device-3", exp=str(now + 3600)), signer, "plex-key-1"),
+             "its 'exp' is not a whole number of seconds"),
+            (plex_jwt(jwt_claims("jwt-device-3", iat=str(now)), signer, "plex-key-1"),
+             "its 'iat' is not a whole number of seconds"),
+            (plex_jwt(jwt_claims("jwt-device-3", nbf=now + 3600), signer, "plex-key-1"), "it is not valid yet ('nbf')"),
+            (signed('{"alg": "none", "alg": "EdDSA", "kid": "plex-key-1"}', claims),
+             "the JWT's header gives a key twice"),
+            (signed(header, '{"exp": 1, ' + claims[1:]), "the JWT's claims gives a key twice"),
+            (spare_bits, "its signature does not verify with plex.tv's key 'plex-key-1'")):
+        with raises(ResponseError) as info:
+            plexauth.verify_jwt(jwt_config, token)
+        assert info.value.reason == reason
+    assert plexauth.verify_jwt(jwt_config, good).token == good
+    assert plexauth.verify_jwt(jwt_config, plex_jwt(jwt_claims("jwt-device-3", nbf=now), signer, "plex-key-1"))
+
+
+@needs_cryptography
+def test_verify_jwt__keys_are_kept_per_url_and_certificate_check_for_an_hour(clients: Any,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    fake, config = clients
+    jwt_config = dataclasses.replace(config, client_identifier="jwt-device-3")
+    token = plex_jwt(jwt_claims("jwt-device-3"), fake.signing[1][1], "plex-key-1")
+    plexauth.verify_jwt(jwt_config, token)
+    plexauth.verify_jwt(jwt_config, token)
+    assert fake.counts["/auth/keys"] == 1
+    # Keys fetched without checking the certificate serve no caller who checks it, and back.
+    plexauth.verify_jwt(dataclasses.replace(jwt_config, verify=False), token)
+    assert fake.counts["/auth/keys"] == 2
+    plexauth.verify_jwt(jwt_config, token)
+    assert fake.counts["/auth/keys"] == 2
+    monkeypatch.setattr(plexauth, "_JWT_KEYS_SECONDS", -1.0)  # as if an hour had passed: a key rotated out goes
+    plexauth.verify_jwt(jwt_config, token)
+    assert fake.counts["/auth/keys"] == 3
+
+
+@needs_cryptography
 @pytest.mark.parametrize("token", ["not-a-jwt", "a.b", "e30.e30.AAAA", "W10.e30.AAAA", "e30.bm90IGpzb24.AAAA",
                                    "e30.e30.A*", "e30." + b64url(b"{\xff") + ".AA"])
 def test_verify_jwt__a_token_that_is_no_jwt_is_refused(clients: Any, token: str) -> None:
@@ -6124,11 +6275,16 @@ def test_jwt__device_jwts_and_plex_jwts_reach_no_error_and_no_log(fault_server: 
 
     def script(conn: socket.socket, request: Incoming) -> bool:
         text = request.line + request.body.decode()
-        sent.extend(re.findall(r"[\w-]+\.[\w-]+\.[\w-]+", urllib.parse.unquote(text)))
+        found = re.findall(r"[\w-]+\.[\w-]+\.[\w-]+", urllib.parse.unquote(text))
+        sent.extend(found)
         if "/nonce" in request.line:
             conn.sendall(http_answer(200, b'{"nonce": "n"}'))
         else:
-            echo = json.dumps({"errors": [{"code": 1098, "message": f"refused {text} {plex}"}], "echo": text})
+            # Also in parts: the header is predictable, so claims and signature alone give the JWT away.
+            parts = [piece for jwt in (*found, plex)
+                     for piece in (*jwt.split(".")[1:], jwt.translate(str.maketrans("-_", "+/")))]
+            echo = json.dumps({"errors": [{"code": 1098, "message": f"refused {text} {plex} {' '.join(parts)}"}],
+                               "echo": text})
             conn.sendall(http_answer(422, echo.encode()))
         return True
 
@@ -6139,7 +6295,8 @@ def test_jwt__device_jwts_and_plex_jwts_reach_no_error_and_no_log(fault_server: 
                  lambda: plexauth.register_device_key(config, RFC_KEY)):
         with raises(APIError) as info:
             call()
-        sweep(info.value, (*CANARIES, plex, *sent))
+        pieces = [piece for jwt in (plex, *sent) for piece in jwt.split(".")[1:]]
+        sweep(info.value, (*CANARIES, plex, *sent, *pieces))
     assert len(sent) == 2
     for record in caplog.records:
         assert_no_secret(record.getMessage(), (*CANARIES, plex, *sent))
@@ -6169,10 +6326,14 @@ def test_jwt__wrong_scope_and_undecodable_answers(httpserver: HTTPServer, config
     httpserver.expect_request("/api/v2/auth/nonce").respond_with_json({"nonce": "n-1"})
     httpserver.expect_oneshot_request("/api/v2/auth/token").respond_with_json({"auth": "x"})
     httpserver.expect_oneshot_request("/api/v2/auth/token").respond_with_json({"authToken": "x.y.z"})
+    expired = plex_jwt(jwt_claims(lifetime=-120), plex_signing_key())
+    httpserver.expect_oneshot_request("/api/v2/auth/token").respond_with_json({"authToken": expired})
     httpserver.expect_oneshot_request("/api/v2/auth/token").respond_with_json({"authToken": op_jwt()})
     with raises(ResponseError, match="'auth_token' is missing"):
         plexauth.get_jwt(config, RFC_KEY)
     with raises(ResponseError, match="the JWT's header is not base64url text"):
+        plexauth.get_jwt(config, RFC_KEY)
+    with raises(ResponseError, match="the JWT expired already, at "):  # never kept in place of a good one
         plexauth.get_jwt(config, RFC_KEY)
     assert plexauth.get_jwt(config, RFC_KEY).thumbprint == RFC_KID
     httpserver.clear()
@@ -6252,6 +6413,26 @@ def test_cli__token_renewal_failures(cli: Any, httpserver: HTTPServer, monkeypat
     assert (code, out) == (0, fake.issued[-1] + "\n")
     assert err == (f"plexauth: warning: the renewed token could not be kept in {folder / 'login.json'} "
                    "(the token is too long to keep)\n")
+    # While the kept token is good, nothing that stops the renewal stops the cron job: it warns.
+    fake.extra = {}
+    key_file = folder / "device-key.json"
+    saved = key_file.read_text()
+    fake.lifetime = -3600  # plex.tv answers with a JWT that has expired already: the kept one stays
+    mismatched = {**json.loads(saved), "d": plexauth.generate_device_key().d}  # the halves of two keys
+    for change, why in ((lambda: None, "the JWT expired already, at "),
+                        (lambda: key_file.write_text(json.dumps(mismatched)), f"the device key {key_file} cannot sign "
+                         "(key.d is not the private key of key.public_jwk); run plexauth login --jwt"),
+                        (lambda: key_file.chmod(0o644), f"refusing the kept file {key_file}: it is readable or "
+                         "writable by other users (mode 0644); remove it; run plexauth login --jwt"),
+                        (key_file.unlink, f"cannot read the device key {key_file} (No such file or directory)")):
+        change()
+        code, out, err = cli("token")
+        assert (code, out) == (0, first + "\n")
+        assert err.startswith("plexauth: warning: the token could not be renewed ("), err
+        assert why in err
+    fake.lifetime = 3600
+    key_file.write_text(saved)
+    key_file.chmod(0o600)
     # An expired one whose renewal fails is an error.
     expired = plex_jwt(jwt_claims("my-jwt-device", lifetime=-120), plex_signing_key())
     (folder / "login.json").write_text(json.dumps({"token": expired, "client_identifier": "my-jwt-device",
@@ -6262,8 +6443,7 @@ def test_cli__token_renewal_failures(cli: Any, httpserver: HTTPServer, monkeypat
     code, out, err = cli("token")
     assert (code, out) == (2, "")
     assert err == (f"plexauth: error: refusing the kept file {folder / 'device-key.json'}: it is readable or "
-                   "writable by other users (mode 0644); remove it and run plexauth login --jwt; "
-                   "run plexauth login --jwt\n")
+                   "writable by other users (mode 0644); remove it; run plexauth login --jwt\n")
     (folder / "device-key.json").unlink()
     assert cli("token")[2] == (f"plexauth: error: cannot read the device key {folder / 'device-key.json'} "
                                "(No such file or directory); run plexauth login --jwt\n")
