@@ -1593,7 +1593,9 @@ _UNESCAPE_PASSES = 4
 _ESCAPES = (
     r"\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})"  # JSON, a surrogate pair
     r"|\\u([0-9a-fA-F]{4})|\\([\"\\/bfnrt])"  # JSON
-    r"|&#0*([0-9]{1,7});?|&#[xX]0*([0-9a-fA-F]{1,6});?|&([A-Za-z][A-Za-z0-9]{1,31};?)"  # XML and HTML
+    # Leading zeros are bounded so that every form of a secret is too (of an error body read in part, the
+    # first half is kept); a reference with more is read by _reveals, which then withholds the text.
+    r"|&#0{0,8}([0-9]{1,7});?|&#[xX]0{0,8}([0-9a-fA-F]{1,6});?|&([A-Za-z][A-Za-z0-9]{1,31};?)"  # XML and HTML
     # A run of percent or \x escapes is decoded whole: a character's UTF-8 bytes may span any number of them.
     r"|((?:%[0-9a-fA-F]{2})+)|((?:\\x[0-9a-fA-F]{2})+)|(\+)"  # percent-encoding, + for a space; \xNN
 )
@@ -1733,11 +1735,12 @@ def _pieces(secrets: tuple[str, ...]) -> tuple[str, ...]:
 _STANDARD_ALPHABET = str.maketrans("-_", "+/")
 
 
-def _mask(text: str, secrets: tuple[str, ...], *, keys: bool = True, views: list[_View] | None = None) -> str:
+def _mask(text: str, secrets: tuple[str, ...], *, keys: bool = True, views: list[_View] | None = None,
+          upto: int | None = None) -> str:
     """``text`` with ``secrets``, and (with ``keys``) the values of
     secret-looking keys, replaced by ``***``: raw, JSON- or XML/HTML-escaped,
     percent-encoded, in base64, or any mix of these.  ``views``: the text's, if
-    worked out already."""
+    worked out already; ``upto``: only what comes before, masked as part of the whole."""
     forms = _secret_forms(_pieces(tuple(secret for secret in secrets if secret)))
     spans: list[tuple[int, int]] = []
     for view in views or _views(text):
@@ -1747,17 +1750,20 @@ def _mask(text: str, secrets: tuple[str, ...], *, keys: bool = True, views: list
             # escapes in a value would move where it seems to end.
             found += (value for key, value in _secret_values(view.text) if view.parent is None or view.moved(*key))
         spans += (view.source(start, end) for start, end in found if end > start)
+    stop = len(text) if upto is None else upto
     if not spans:
-        return text
+        return text[:stop]
     out = []
     position = 0
     for start, end in sorted(spans):
+        if start >= stop:
+            break
         if end <= position:
             continue
         if start >= position:
             out += [text[position:start], "***"]
         position = end
-    out.append(text[position:])
+    out.append(text[position:stop])  # nothing when the last mask runs past the stop
     return "".join(out)
 
 
@@ -1833,6 +1839,7 @@ _COMMENTS = r"(?s)<!--.*?-->"
 #: Home PIN's is 6 characters), but never shorter than 6, nor longer than 8.
 _BASE64_RUN = r"[A-Za-z0-9+/_-]{%d,}"
 _HEX_RUN = r"(?:[0-9a-fA-F]{2}){4,}"
+_PADDED_REFERENCE = r"&#[xX]?0{9}"
 #: _reveals decodes base64 and hex this many times over (hex of base64, base64 twice...).
 _DECODE_DEPTH = 2
 #: _reveals reads at most this much decoded text; a text that needs more is withheld.
@@ -1851,6 +1858,12 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
     wanted = _wanted(secrets)
     if not wanted:
         return False
+    if re.search(_PADDED_REFERENCE, text):
+        return True  # a character reference padded past what _mask reads: a form of any length
+    for secret in secrets:
+        # A PIN or code of digits echoed as a number, its leading zeros dropped.
+        if secret.isdigit() and secret[0] == "0" and re.search(rf"(?<![0-9])0*{int(secret)}(?![0-9])", text):
+            return True
     import html  # noqa: PLC0415 (only shown text is checked)
 
     shortest = min(len(secret.encode("utf-8", "surrogatepass")) for secret in secrets if secret)
@@ -2163,23 +2176,20 @@ def _shown_value(value: Any, secrets: tuple[str, ...]) -> Any:
         return _shown(value, secrets)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         text = str(value)
-        # A PIN or code of digits comes back as a JSON number without its leading zeros.
-        digits = {secret.lstrip("0") or "0" for secret in secrets if secret.isdigit()}
-        if _shown(text, secrets) != text or text in digits:
+        # A PIN or code of digits comes back as a JSON number, without its leading zeros, maybe as 482.0 or 4.82e2.
+        if _shown(text, secrets) != text or any(secret.isdigit() and abs(value) == int(secret) for secret in secrets):
             return "***"
     return value
-
-
-#: The longest form of a secret that masking finds (percent-encoded UTF-8, escapes
-#: of escapes) is at most this many times the secret's length.
-_CUT_MARGIN = 16
 
 
 def _shown_error(text: str, secrets: tuple[str, ...], *, cut: bool = False) -> tuple[str | None, tuple[Any, ...],
                                                                                     bytes]:
     """(message, errors, body) of an error body, fit to show; ``cut``: the
     body was read only in part, so its end may hold the start of a secret."""
-    text = _mask(text, secrets)
+    # Of a body read only in part, the first half is kept: a secret echoed
+    # across the end of what was read is not whole there (nor masked), while
+    # one across the half is, and is masked before the cut.
+    text = _mask(text, secrets, upto=len(text) // 2 if cut else None)
     _, parsed_message, parsed = _error_details(text)
     # What parsing made of the text (entities, comments, joined spaces) is
     # masked again; when that, or _reveals, finds what masking the text did
@@ -2188,8 +2198,6 @@ def _shown_error(text: str, secrets: tuple[str, ...], *, cut: bool = False) -> t
                    for entry in parsed)
     message = None if parsed_message is None else _shown(parsed_message, secrets)
     withheld = errors != parsed or message != parsed_message or _reveals(text, secrets)
-    if cut:  # a secret echoed across the end of what was read is not whole there, so not masked: that end goes
-        text = text[: max(0, len(text) - _CUT_MARGIN * max(map(len, secrets), default=0))]
     body = b"" if withheld else text.encode("utf-8")[:_KEPT_ERROR_BODY]
     if message is not None:
         message = message[:_KEPT_MESSAGE]  # cut after masking: a cut secret would no longer be found
@@ -2810,8 +2818,14 @@ def _check_resource(resource: Any) -> Resource:
         value = getattr(resource, name)
         if not isinstance(value, tuple) or not all(isinstance(item, kind) for item in value):
             raise TypeError(f"resource.{name} must be a tuple of {kind.__name__}")
+    flags = [(f"resource.{name}", getattr(resource, name)) for name in ("owned", "https_required")]
     for index, connection in enumerate(resource.connections):
         _check_text(f"resource.connections[{index}].uri", connection.uri, optional=True)
+        flags += ((f"resource.connections[{index}].{name}", getattr(connection, name)) for name in ("local", "relay",
+                                                                                                  "ipv6"))
+    for label, value in flags:
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"{label} must be a bool or None, not {type(value).__name__}")
     return resource
 
 
@@ -2829,17 +2843,16 @@ def connect(config: Config, resource: Resource, *, timeout: float = 5.0) -> Conf
     server's ``/identity`` says, so every https connection is preferred to
     every http one; then local, remote, relay.  Preference wins over speed:
     a less preferred connection is taken only once every more preferred one
-    has failed, or ``timeout`` seconds (for the whole choice) have passed.
-    Raises ``ServerUnreachableError`` when none qualifies, ``ValueError``
-    for a resource that is not a server.
+    has failed, or ``timeout`` seconds (for the whole choice) have passed;
+    probes still running then end by themselves, holding up neither the
+    caller nor its exit.  Raises ``ServerUnreachableError`` when none
+    qualifies, ``ValueError`` for a resource that is not a server.
 
     Example::
 
         server = next(r for r in get_resources(config) if "server" in r.provides)
         print(get_transient_token(connect(config, server)))
     """
-    import concurrent.futures  # noqa: PLC0415 (only connect runs threads)
-
     _prepared(config)  # a wrong config is the caller's TypeError, before any thread
     _check_resource(resource)
     # plex.tv writes the resource: any field could hold the server's token (or
@@ -2873,26 +2886,32 @@ def connect(config: Config, resource: Resource, *, timeout: float = 5.0) -> Conf
         except PlexAuthError as exc:  # an answer, but not the identity
             return exc.reason if isinstance(exc, ResponseError) else str(exc)
         if found != resource.client_identifier:
-            return f"answered as another server ({_printable(found[:64])!r})"
+            return f"answered as another server ({_shown(_printable(found[:64]), secrets)!r})"
         return None
 
+    # Daemon threads: those still probing once the choice is made are left to
+    # end by the deadline, without holding up the caller, nor its exit.
+    answers: dict[str, str | None] = {}
+    finished = {uri: threading.Event() for uri in candidates}
+
+    def run(uri: str) -> None:
+        try:
+            answers[uri] = probe(uri)
+        finally:
+            finished[uri].set()
+
+    for uri in candidates:
+        threading.Thread(target=run, args=(uri,), name="plexauth-connect", daemon=True).start()
     reasons: dict[str, str] = {}
     chosen = None
-    if candidates:
-        pool = concurrent.futures.ThreadPoolExecutor(len(candidates), "plexauth-connect")
-        futures = [pool.submit(probe, uri) for uri in candidates]
-        try:
-            for uri, future in zip(candidates, futures):  # in preference order: the first that qualifies wins
-                try:
-                    reason = future.result(timeout=max(0.0, deadline - time.monotonic()))
-                except concurrent.futures.TimeoutError:
-                    reason = f"no answer within {limit:g} s"
-                if reason is None:
-                    chosen = uri
-                    break
-                reasons[uri] = reason
-        finally:
-            pool.shutdown(wait=False)  # every probe has started, and ends by the deadline on its own
+    for uri in candidates:  # in preference order: the first that qualifies wins
+        if not finished[uri].wait(max(0.0, deadline - time.monotonic())):
+            continue  # no answer in time; a less preferred one may have answered
+        reason = answers.get(uri, "the probe failed")  # without an answer: it raised (a bug, on stderr)
+        if reason is None:
+            chosen = uri
+            break
+        reasons[uri] = reason
     if chosen is None:
         attempts = tuple((_shown(uri, secrets), reasons.get(uri, f"no answer within {limit:g} s"))
                          for uri in candidates)
@@ -2977,6 +2996,9 @@ def _crypto() -> tuple[Any, Any, Any]:
         from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: PLC0415
     except ImportError:
         raise ModuleNotFoundError(_NEEDS_CRYPTOGRAPHY, name="cryptography") from None
+    except Exception as exc:  # installed, but broken (cryptography raises RuntimeError when OpenSSL fails it)
+        raise ModuleNotFoundError(f"{_NEEDS_CRYPTOGRAPHY} (the one installed failed to load: "
+                                  f"{type(exc).__name__}: {_printable(str(exc)[:200])})", name="cryptography") from None
     return ed25519, serialization, InvalidSignature
 
 
@@ -3239,7 +3261,7 @@ def verify_jwt(config: Config, token: str, *, key: DeviceKey | None = None) -> P
             raise refused(f"its {name!r} is not a whole number of seconds")
     if jwt.expires_at.timestamp() < now - _JWT_SKEW_SECONDS:
         raise refused(f"it expired at {jwt.expires_at:%Y-%m-%d %H:%M:%S} UTC")
-    if claims.get("nbf", 0) > now + _JWT_SKEW_SECONDS:
+    if (claims.get("nbf") or 0) > now + _JWT_SKEW_SECONDS:
         raise refused("it is not valid yet ('nbf')")
     if jwt.issued_at is None or jwt.issued_at.timestamp() > now + _JWT_SKEW_SECONDS:
         raise refused("it has no time of issue, or one still to come ('iat')")

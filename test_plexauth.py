@@ -211,6 +211,7 @@ import threading
 import time
 import traceback
 import tracemalloc
+import types
 import typing
 import urllib.parse
 from typing import Any, Callable
@@ -2514,24 +2515,29 @@ def test_errors__error_body_is_cut_after_masking(httpserver: HTTPServer, config:
     with raises(APIError) as info:
         plexauth.get_token_details(config)
     assert info.value.status == 500
-    assert info.value.body == b"x" * (kept - 5) + b"***yy"
+    assert info.value.body == b"x" * (kept - 5) + b"***"  # the token across the kept half: masked, and the end
 
 
-@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+@pytest.mark.parametrize(("encoding", "form"), [
+    ("utf-8", "raw"), ("utf-16", "raw"), ("utf-16", "references"), ("utf-16", "padded-references")])
 def test_errors__a_secret_across_the_end_of_what_is_read_is_not_kept(httpserver: HTTPServer, config: Config,
-                                                                     encoding: str) -> None:
+                                                                     encoding: str, form: str) -> None:
     # Only the start of an error body is read: a token echoed across that end is not whole
-    # there, so masking cannot find it, and what is kept must end well before it.
+    # there, so masking cannot find it. The first half is kept (UTF-16 halves the text), and
+    # a form of the token is never as long as a half, or the text is withheld.
     read = 2 * 16 * 1024
     width = 1 if encoding == "utf-8" else 2
-    text = "\ufeff" + "." * ((read - 3) // width - len(TOKEN) + 1) + TOKEN + "y" * 100
+    echoed = {"raw": TOKEN, "references": "".join(f"&#{ord(c)};" for c in TOKEN),
+              "padded-references": "".join(f"&#{'0' * 1000}{ord(c)};" for c in TOKEN)}[form]  # longer than a half
+    text = "\ufeff" + "." * max(100, (read - 3) // width - len(echoed) // 2) + echoed + "y" * 100
     body = text.encode("utf-16-le") if encoding == "utf-16" else text.encode()
     httpserver.expect_request("/api/v2/user").respond_with_data(
         body, status=500, content_type=f"text/plain; charset={encoding}")
     with raises(APIError) as info:
         plexauth.get_token_details(config)
-    assert info.value.body.lstrip(b"\xef\xbb\xbf").strip(b".") == b""  # no part of the token
-    assert len(info.value.body) > 8 * 1024
+    kept = info.value.body.lstrip(b"\xef\xbb\xbf")
+    assert kept.strip(b".") == b""  # no part of the token
+    assert len(kept) == 0 if form == "padded-references" else len(kept) > 16 * 1024 // width - 8
 
 
 def test_errors__oversized_body(httpserver: HTTPServer, config: Config) -> None:
@@ -4733,13 +4739,14 @@ def test_home_users__a_missing_or_wrong_pin_is_home_pin_required(httpserver: HTT
         assert HOME_PIN not in text
     assert len(httpserver.log) == 1  # a POST: never sent twice
     # A PIN of digits echoed as a JSON number loses its leading zeros; still masked.
-    for pin in ("0482", "0048", "0000"):
+    for pin, echoed in (("0482", 482), ("0048", 48.0), ("0000", 0), ("0482", {"tried": [482]}), ("0482", "482")):
         httpserver.clear()
-        echo = {"errors": [{"code": 1041, "message": "Invalid PIN", "status": 403, "pin": int(pin)}]}
+        echo = {"errors": [{"code": 1041, "message": "Invalid PIN", "status": 403, "pin": echoed}]}
         httpserver.expect_request("/api/v2/home/users/kid-uuid-0001/switch").respond_with_json(echo, status=403)
         with raises(plexauth.HomePinRequiredError) as info:
             plexauth.switch_home_user(config, kid, pin=pin)
-        assert (info.value.errors[0]["pin"], info.value.body) == ("***", b"")
+        assert info.value.errors[0].get("pin", "***") == "***"
+        assert not re.search(rb"(?<![0-9])0*%d(?![0-9])" % int(pin), info.value.body)
     for pin in ("12345", "12a4", "\u0661234"):
         with pytest.raises(ValueError, match=r"^pin must be the Home PIN: 4 digits as text$"):
             plexauth.switch_home_user(config, kid, pin=pin)
@@ -4839,6 +4846,31 @@ def test_connect__preference_beats_speed_and_only_the_server_gets_its_token(conf
     assert len(slow_local.log) == 1
 
 
+CONNECT_AND_EXIT = """
+import sys, plexauth
+fast, *stalled = (int(port) for port in sys.argv[1:])
+uris = [f"http://127.0.0.1:{fast}"] + [f"http://127.0.0.1:{port}" for port in stalled]
+connections = tuple(plexauth.Connection(uri=uri, local=index == 0) for index, uri in enumerate(uris))
+resource = plexauth.Resource(client_identifier="machine-1", provides=("server",), owned=True,
+                             connections=connections)
+print(plexauth.connect(plexauth.Config("test-client", timeout=30), resource, timeout=30).server_url)
+"""
+
+
+def test_connect__probes_left_running_hold_up_neither_the_caller_nor_its_exit(identities: Any,
+                                                                            fault_server: Any) -> None:
+    # The preferred one answers at once; the rest stall until the 30 s timeout. A cron job
+    # that connects and ends must not wait for them: they carry no token, and are abandoned.
+    fast = identities("machine-1")
+    stalled = [fault_server(silent) for _ in range(3)]
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", CONNECT_AND_EXIT, str(fast.port),
+                             *(str(server.port) for server in stalled)],
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout == f"http://127.0.0.1:{fast.port}\n"
+    assert time.monotonic() - started < 15  # a generous bound, well under the probes' 30 s
+
+
 def test_connect__a_redirect_to_the_server_proves_nothing(config: Config, identities: Any,
                                                           httpserver: HTTPServer) -> None:
     # An address that sends the probe on to the real server's /identity is not that server.
@@ -4876,6 +4908,10 @@ def test_connect__another_server_is_never_chosen(config: Config, identities: Any
     assert isinstance(info.value, TransportError)
     assert str(info.value) == ("GET /identity could not complete: no connection of 'Living Room' proved to be "
                                "that server")
+    echo = identities(ACCESS_TOKEN)  # an address that answers with the token it was never sent
+    with raises(plexauth.ServerUnreachableError) as info:
+        plexauth.connect(config, server_resource(connection(echo, local=True)))
+    assert info.value.attempts[0][1] == "answered as another server ('***')"
 
 
 def test_connect__skips_others_lan_and_plain_http_when_https_is_required(config: Config, identities: Any) -> None:
@@ -5066,7 +5102,10 @@ def test_connect__wrong_arguments(config: Config) -> None:
                             ({"access_token": 5}, "resource.access_token must be a str, not int"),
                             ({"access_token": "a\nb"}, "resource.access_token must not contain control characters"),
                             ({"connections": (plexauth.Connection(uri=5),)},  # type: ignore[arg-type]
-                             r"resource.connections\[0\].uri must be a str, not int")):
+                             r"resource.connections\[0\].uri must be a str, not int"),
+                            ({"owned": "False"}, "resource.owned must be a bool or None, not str"),
+                            ({"connections": (plexauth.Connection(uri="http://127.0.0.1:1", local="no"),)},
+                             r"resource.connections\[0\].local must be a bool or None, not str")):
         with pytest.raises((TypeError, ValueError), match=f"^{message}$"):
             plexauth.connect(config, dataclasses.replace(server_resource(), **fields))
     with pytest.raises(TypeError, match=r"^config must be a plexauth\.Config, not NoneType$"):
@@ -5942,6 +5981,7 @@ def test_jwt__without_cryptography_the_signing_functions_name_the_extra(
     monkeypatch: pytest.MonkeyPatch, call: Any
 ) -> None:
     if HAVE_CRYPTOGRAPHY:  # as if it were not installed (CI also runs the suite where it is not)
+        op_jwt()  # plex.tv's signing key, made (and kept) while cryptography is still there
         for name in [name for name in sys.modules if name.split(".")[0] == "cryptography"]:
             monkeypatch.setitem(sys.modules, name, None)
         monkeypatch.setitem(sys.modules, "cryptography", None)
@@ -5949,6 +5989,25 @@ def test_jwt__without_cryptography_the_signing_functions_name_the_extra(
         call()  # before any request: these configs point at nothing that answers
     assert str(info.value) == "JWT sign-in needs the cryptography package: pip install 'plexauth-lite[jwt]'"
     assert info.value.name == "cryptography"
+
+
+class BrokenModule(types.ModuleType):
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError("OpenSSL 3.0's legacy provider failed to load")
+
+
+def test_jwt__a_cryptography_that_fails_to_load_is_named_as_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    # cryptography raises RuntimeError when OpenSSL fails it: still the documented error, naming the extra.
+    for name in [name for name in sys.modules if name.split(".")[0] == "cryptography"]:
+        monkeypatch.delitem(sys.modules, name)
+    for name in ("cryptography", "cryptography.exceptions"):
+        monkeypatch.setitem(sys.modules, name, BrokenModule(name))
+    with raises(ModuleNotFoundError) as info:
+        plexauth.generate_device_key()
+    assert str(info.value) == ("JWT sign-in needs the cryptography package: pip install 'plexauth-lite[jwt]' (the "
+                               "one installed failed to load: RuntimeError: OpenSSL 3.0's legacy provider failed to "
+                               "load)")
+    assert (info.value.name, info.value.__cause__, info.value.__suppress_context__) == ("cryptography", None, True)
 
 
 def test_device_key__kid_is_the_rfc_7638_thumbprint() -> None:
@@ -6111,7 +6170,8 @@ def test_verify_jwt__finds_the_signing_key_among_rotated_ones(clients: Any) -> N
         ({"aud": "jwt-device-3"}, "plex", "it is not meant for plex.tv and 'jwt-device-3' ('aud')"),
         ({"iss": "plex.tv.example"}, "plex", "it was not issued by plex.tv ('iss')"),
         ({"exp": int(time.time()) - 120}, "plex", "it expired at "),
-        ({"iat": int(time.time()) + 600}, "plex", "it has no time of issue, or one still to come ('iat')"),
+        # A day ahead: the parameters are made when the suite is collected, maybe minutes before the test runs.
+        ({"iat": int(time.time()) + 86400}, "plex", "it has no time of issue, or one still to come ('iat')"),
         ({"iat": None}, "plex", "it has no time of issue, or one still to come ('iat')"),
         ({"thumbprint": "another-key"}, "plex", "it was issued to another device key than "),
         ({"exp": "soon"}, "plex", "the JWT has no expiry ('exp')"),
@@ -6169,7 +6229,8 @@ def test_verify_jwt__refuses_what_plex_tv_signed_in_a_loose_form(clients: Any) -
             plexauth.verify_jwt(jwt_config, token)
         assert info.value.reason == reason
     assert plexauth.verify_jwt(jwt_config, good).token == good
-    assert plexauth.verify_jwt(jwt_config, plex_jwt(jwt_claims("jwt-device-3", nbf=now), signer, "plex-key-1"))
+    for nbf in (now, None):
+        assert plexauth.verify_jwt(jwt_config, plex_jwt(jwt_claims("jwt-device-3", nbf=nbf), signer, "plex-key-1"))
 
 
 @needs_cryptography
