@@ -1037,7 +1037,9 @@ _NO_RETRIES = urllib3.util.Retry(total=False, redirect=False)
 #: An error's ``.body`` keeps this much (plex.tv's error bodies are under
 #: 1 KB, a server's HTML error page a few KB).  Twice as much is read, so that
 #: a secret the server echoed across the cut is whole, and masked, before it;
-#: masking costs CPU time after the last byte, so it is kept small.
+#: a body longer than that is not kept at all (a secret across the end of the
+#: read could not be masked).  Masking costs CPU time after the last byte, so
+#: it is kept small.
 _KEPT_ERROR_BODY = 16 * 1024
 _READ_ERROR_BODY = 2 * _KEPT_ERROR_BODY
 # A final answer may follow a few interim ones (103 Early Hints, 100 Continue).
@@ -1593,9 +1595,7 @@ _UNESCAPE_PASSES = 4
 _ESCAPES = (
     r"\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})"  # JSON, a surrogate pair
     r"|\\u([0-9a-fA-F]{4})|\\([\"\\/bfnrt])"  # JSON
-    # Leading zeros are bounded so that every form of a secret is too (of an error body read in part, the
-    # first half is kept); a reference with more is read by _reveals, which then withholds the text.
-    r"|&#0{0,8}([0-9]{1,7});?|&#[xX]0{0,8}([0-9a-fA-F]{1,6});?|&([A-Za-z][A-Za-z0-9]{1,31};?)"  # XML and HTML
+    r"|&#0*([0-9]{1,7});?|&#[xX]0*([0-9a-fA-F]{1,6});?|&([A-Za-z][A-Za-z0-9]{1,31};?)"  # XML and HTML
     # A run of percent or \x escapes is decoded whole: a character's UTF-8 bytes may span any number of them.
     r"|((?:%[0-9a-fA-F]{2})+)|((?:\\x[0-9a-fA-F]{2})+)|(\+)"  # percent-encoding, + for a space; \xNN
 )
@@ -1735,12 +1735,11 @@ def _pieces(secrets: tuple[str, ...]) -> tuple[str, ...]:
 _STANDARD_ALPHABET = str.maketrans("-_", "+/")
 
 
-def _mask(text: str, secrets: tuple[str, ...], *, keys: bool = True, views: list[_View] | None = None,
-          upto: int | None = None) -> str:
+def _mask(text: str, secrets: tuple[str, ...], *, keys: bool = True, views: list[_View] | None = None) -> str:
     """``text`` with ``secrets``, and (with ``keys``) the values of
     secret-looking keys, replaced by ``***``: raw, JSON- or XML/HTML-escaped,
     percent-encoded, in base64, or any mix of these.  ``views``: the text's, if
-    worked out already; ``upto``: only what comes before, masked as part of the whole."""
+    worked out already."""
     forms = _secret_forms(_pieces(tuple(secret for secret in secrets if secret)))
     spans: list[tuple[int, int]] = []
     for view in views or _views(text):
@@ -1750,20 +1749,17 @@ def _mask(text: str, secrets: tuple[str, ...], *, keys: bool = True, views: list
             # escapes in a value would move where it seems to end.
             found += (value for key, value in _secret_values(view.text) if view.parent is None or view.moved(*key))
         spans += (view.source(start, end) for start, end in found if end > start)
-    stop = len(text) if upto is None else upto
     if not spans:
-        return text[:stop]
+        return text
     out = []
     position = 0
     for start, end in sorted(spans):
-        if start >= stop:
-            break
         if end <= position:
             continue
         if start >= position:
             out += [text[position:start], "***"]
         position = end
-    out.append(text[position:stop])  # nothing when the last mask runs past the stop
+    out.append(text[position:])
     return "".join(out)
 
 
@@ -1839,7 +1835,7 @@ _COMMENTS = r"(?s)<!--.*?-->"
 #: Home PIN's is 6 characters), but never shorter than 6, nor longer than 8.
 _BASE64_RUN = r"[A-Za-z0-9+/_-]{%d,}"
 _HEX_RUN = r"(?:[0-9a-fA-F]{2}){4,}"
-_PADDED_REFERENCE = r"&#[xX]?0{9}"
+_NUMBER = r"[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?"
 #: _reveals decodes base64 and hex this many times over (hex of base64, base64 twice...).
 _DECODE_DEPTH = 2
 #: _reveals reads at most this much decoded text; a text that needs more is withheld.
@@ -1858,12 +1854,10 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
     wanted = _wanted(secrets)
     if not wanted:
         return False
-    if re.search(_PADDED_REFERENCE, text):
-        return True  # a character reference padded past what _mask reads: a form of any length
-    for secret in secrets:
-        # A PIN or code of digits echoed as a number, its leading zeros dropped.
-        if secret.isdigit() and secret[0] == "0" and re.search(rf"(?<![0-9])0*{int(secret)}(?![0-9])", text):
-            return True
+    numbers = [int(secret) for secret in secrets if secret[:1] == "0" and secret.isascii() and secret.isdigit()]
+    # A PIN or code of digits echoed as a number: its leading zeros dropped, maybe as 482.0 or 4.82e2.
+    if numbers and any(float(found) in numbers for found in re.findall(_NUMBER, text)):
+        return True
     import html  # noqa: PLC0415 (only shown text is checked)
 
     shortest = min(len(secret.encode("utf-8", "surrogatepass")) for secret in secrets if secret)
@@ -2177,7 +2171,8 @@ def _shown_value(value: Any, secrets: tuple[str, ...]) -> Any:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         text = str(value)
         # A PIN or code of digits comes back as a JSON number, without its leading zeros, maybe as 482.0 or 4.82e2.
-        if _shown(text, secrets) != text or any(secret.isdigit() and abs(value) == int(secret) for secret in secrets):
+        digits = [int(secret) for secret in secrets if secret.isascii() and secret.isdigit()]
+        if _shown(text, secrets) != text or abs(value) in digits:
             return "***"
     return value
 
@@ -2186,10 +2181,7 @@ def _shown_error(text: str, secrets: tuple[str, ...], *, cut: bool = False) -> t
                                                                                     bytes]:
     """(message, errors, body) of an error body, fit to show; ``cut``: the
     body was read only in part, so its end may hold the start of a secret."""
-    # Of a body read only in part, the first half is kept: a secret echoed
-    # across the end of what was read is not whole there (nor masked), while
-    # one across the half is, and is masked before the cut.
-    text = _mask(text, secrets, upto=len(text) // 2 if cut else None)
+    text = _mask(text, secrets)
     _, parsed_message, parsed = _error_details(text)
     # What parsing made of the text (entities, comments, joined spaces) is
     # masked again; when that, or _reveals, finds what masking the text did
@@ -2197,7 +2189,9 @@ def _shown_error(text: str, secrets: tuple[str, ...], *, cut: bool = False) -> t
     errors = tuple({_shown(key, secrets): _shown_value(value, secrets) for key, value in entry.items()}
                    for entry in parsed)
     message = None if parsed_message is None else _shown(parsed_message, secrets)
-    withheld = errors != parsed or message != parsed_message or _reveals(text, secrets)
+    # A body read only in part is not kept: a secret echoed across the end of
+    # what was read is not whole there, so no masking can find it.
+    withheld = cut or errors != parsed or message != parsed_message or _reveals(text, secrets)
     body = b"" if withheld else text.encode("utf-8")[:_KEPT_ERROR_BODY]
     if message is not None:
         message = message[:_KEPT_MESSAGE]  # cut after masking: a cut secret would no longer be found
@@ -2886,7 +2880,9 @@ def connect(config: Config, resource: Resource, *, timeout: float = 5.0) -> Conf
         except PlexAuthError as exc:  # an answer, but not the identity
             return exc.reason if isinstance(exc, ResponseError) else str(exc)
         if found != resource.client_identifier:
-            return f"answered as another server ({_shown(_printable(found[:64]), secrets)!r})"
+            # A machine identifier is 40 characters; a longer answer is not shown (a cut could split a token).
+            shown = _shown(_printable(found), secrets) if len(found) <= 64 else f"{len(found)} characters"
+            return f"answered as another server ({shown!r})"
         return None
 
     # Daemon threads: those still probing once the choice is made are left to

@@ -2510,34 +2510,41 @@ def test_errors__unknown_status_phrase(httpserver: HTTPServer, config: Config) -
 
 def test_errors__error_body_is_cut_after_masking(httpserver: HTTPServer, config: Config) -> None:
     kept = 16 * 1024  # .body keeps the first 16 KiB (README, Errors)
-    body = b"x" * (kept - 5) + TOKEN.encode() + b"y" * plexauth.MAX_BODY_BYTES
+    body = b"x" * (kept - 5) + TOKEN.encode() + b"y" * (kept - 100)  # read whole: under twice what is kept
     httpserver.expect_request("/api/v2/user").respond_with_data(body, status=500)
     with raises(APIError) as info:
         plexauth.get_token_details(config)
     assert info.value.status == 500
-    assert info.value.body == b"x" * (kept - 5) + b"***"  # the token across the kept half: masked, and the end
+    assert info.value.body == b"x" * (kept - 5) + b"***yy"
 
 
-@pytest.mark.parametrize(("encoding", "form"), [
-    ("utf-8", "raw"), ("utf-16", "raw"), ("utf-16", "references"), ("utf-16", "padded-references")])
-def test_errors__a_secret_across_the_end_of_what_is_read_is_not_kept(httpserver: HTTPServer, config: Config,
-                                                                     encoding: str, form: str) -> None:
-    # Only the start of an error body is read: a token echoed across that end is not whole
-    # there, so masking cannot find it. The first half is kept (UTF-16 halves the text), and
-    # a form of the token is never as long as a half, or the text is withheld.
-    read = 2 * 16 * 1024
-    width = 1 if encoding == "utf-8" else 2
-    echoed = {"raw": TOKEN, "references": "".join(f"&#{ord(c)};" for c in TOKEN),
-              "padded-references": "".join(f"&#{'0' * 1000}{ord(c)};" for c in TOKEN)}[form]  # longer than a half
-    text = "\ufeff" + "." * max(100, (read - 3) // width - len(echoed) // 2) + echoed + "y" * 100
-    body = text.encode("utf-16-le") if encoding == "utf-16" else text.encode()
-    httpserver.expect_request("/api/v2/user").respond_with_data(
-        body, status=500, content_type=f"text/plain; charset={encoding}")
-    with raises(APIError) as info:
-        plexauth.get_token_details(config)
-    kept = info.value.body.lstrip(b"\xef\xbb\xbf")
-    assert kept.strip(b".") == b""  # no part of the token
-    assert len(kept) == 0 if form == "padded-references" else len(kept) > 16 * 1024 // width - 8
+@pytest.mark.parametrize("form", ["raw", "spaced", "references", "padded-references", "escaped-references"])
+def test_errors__a_body_read_only_in_part_is_not_kept(httpserver: HTTPServer, config: Config, form: str) -> None:
+    # Only the start of an error body is read (32 KiB): a token echoed across that end is not
+    # whole there, so no masking can find it, in whatever form, however long: none of it is kept.
+    echoed = {"raw": TOKEN, "spaced": " ".join(TOKEN), "references": "".join(f"&#{ord(c)};" for c in TOKEN),
+              "padded-references": "".join(f"&#{'0' * 1000}{ord(c)};" for c in TOKEN),
+              "escaped-references": "".join(f"%26#{'0' * 20}{ord(c)};" for c in TOKEN)}[form]
+    for encoding in ("utf-8", "utf-16"):
+        width = 1 if encoding == "utf-8" else 2
+        text = "\ufeff" + "." * max(100, (2 * 16 * 1024 - 3) // width - len(echoed) // 2) + echoed + "y" * 100
+        httpserver.clear()
+        httpserver.expect_request("/api/v2/user").respond_with_data(
+            text.encode("utf-16-le") if encoding == "utf-16" else text.encode(), status=500,
+            content_type=f"text/plain; charset={encoding}")
+        with raises(APIError) as info:
+            plexauth.get_token_details(config)
+        assert (info.value.body, info.value.errors, info.value.message) == (b"", (), None)
+
+
+def test_errors__a_password_of_other_digits_is_no_number(httpserver: HTTPServer, config: Config) -> None:
+    # str.isdigit() holds for superscripts: such a password is text, never read as a number.
+    body = {"errors": [{"code": 1001, "message": "User could not be authenticated", "status": 401}]}
+    httpserver.expect_request("/api/v2/users/signin").respond_with_json(body, status=401)
+    for password in ("\u00b2\u00b3\u2074\u2075", "0\u00b2"):
+        with raises(UnauthorizedError) as info:
+            plexauth.post_users_sign_in_data(config, "user", password)
+        assert info.value.code == 1001
 
 
 def test_errors__oversized_body(httpserver: HTTPServer, config: Config) -> None:
@@ -3228,7 +3235,7 @@ def test_hostile__a_connection_goes_back_to_the_pool_only_when_read_to_the_end(f
     server = fault_server(keep_alive(script))
     with raises(APIError) as info:
         plexauth.get_token_details(hostile_config(server.port, token="big"))
-    assert len(info.value.body) == plexauth._KEPT_ERROR_BODY
+    assert info.value.body == b""  # read only in part: not kept
     assert plexauth.get_token_details(hostile_config(server.port, token="next")).username == "user-next"
     plexauth._pools[True].clear()
     server.close()
@@ -4747,6 +4754,13 @@ def test_home_users__a_missing_or_wrong_pin_is_home_pin_required(httpserver: HTT
             plexauth.switch_home_user(config, kid, pin=pin)
         assert info.value.errors[0].get("pin", "***") == "***"
         assert not re.search(rb"(?<![0-9])0*%d(?![0-9])" % int(pin), info.value.body)
+    for spelled in ("4.82e2", "48.2E+1", "482.0"):  # in the message, in any spelling of the number
+        httpserver.clear()
+        echo = {"errors": [{"code": 1041, "message": f"Invalid PIN {spelled}", "status": 403}]}
+        httpserver.expect_request("/api/v2/home/users/kid-uuid-0001/switch").respond_with_json(echo, status=403)
+        with raises(plexauth.HomePinRequiredError) as info:
+            plexauth.switch_home_user(config, kid, pin="0482")
+        assert (info.value.message, info.value.body) == ("***", b"")
     for pin in ("12345", "12a4", "\u0661234"):
         with pytest.raises(ValueError, match=r"^pin must be the Home PIN: 4 digits as text$"):
             plexauth.switch_home_user(config, kid, pin=pin)
@@ -4912,6 +4926,10 @@ def test_connect__another_server_is_never_chosen(config: Config, identities: Any
     with raises(plexauth.ServerUnreachableError) as info:
         plexauth.connect(config, server_resource(connection(echo, local=True)))
     assert info.value.attempts[0][1] == "answered as another server ('***')"
+    longer = identities("x" * 50 + ACCESS_TOKEN)  # no machine identifier is that long: not shown, nor cut
+    with raises(plexauth.ServerUnreachableError) as info:
+        plexauth.connect(config, server_resource(connection(longer, local=True)))
+    assert info.value.attempts[0][1] == f"answered as another server ('{50 + len(ACCESS_TOKEN)} characters')"
 
 
 def test_connect__skips_others_lan_and_plain_http_when_https_is_required(config: Config, identities: Any) -> None:
