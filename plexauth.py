@@ -1854,7 +1854,7 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
     wanted = _wanted(secrets)
     if not wanted:
         return False
-    numbers = [int(secret) for secret in secrets if secret[:1] == "0" and secret.isascii() and secret.isdigit()]
+    numbers = [float(secret) for secret in secrets if secret[:1] == "0" and secret.isascii() and secret.isdigit()]
     # A PIN or code of digits echoed as a number: its leading zeros dropped, maybe as 482.0 or 4.82e2.
     if numbers and any(float(found) in numbers for found in re.findall(_NUMBER, text)):
         return True
@@ -2171,7 +2171,7 @@ def _shown_value(value: Any, secrets: tuple[str, ...]) -> Any:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         text = str(value)
         # A PIN or code of digits comes back as a JSON number, without its leading zeros, maybe as 482.0 or 4.82e2.
-        digits = [int(secret) for secret in secrets if secret.isascii() and secret.isdigit()]
+        digits = [float(secret) for secret in secrets if secret.isascii() and secret.isdigit()]  # int() limits digits
         if _shown(text, secrets) != text or abs(value) in digits:
             return "***"
     return value

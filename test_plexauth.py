@@ -2541,7 +2541,7 @@ def test_errors__a_password_of_other_digits_is_no_number(httpserver: HTTPServer,
     # str.isdigit() holds for superscripts: such a password is text, never read as a number.
     body = {"errors": [{"code": 1001, "message": "User could not be authenticated", "status": 401}]}
     httpserver.expect_request("/api/v2/users/signin").respond_with_json(body, status=401)
-    for password in ("\u00b2\u00b3\u2074\u2075", "0\u00b2"):
+    for password in ("\u00b2\u00b3\u2074\u2075", "0\u00b2", "0" + "1" * 4400, "1" * 4400):  # int() takes 4300
         with raises(UnauthorizedError) as info:
             plexauth.post_users_sign_in_data(config, "user", password)
         assert info.value.code == 1001
