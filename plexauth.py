@@ -490,16 +490,17 @@ class _Plan:
     """How to decode one model class, worked out from its fields once.  (A
     plain class: making a typing.NamedTuple took 0.1 to 0.25 ms of the import.)"""
 
-    __slots__ = ("aliases", "fields", "required", "secret")
+    __slots__ = ("aliases", "fields", "nested", "required", "secret")
 
     def __init__(self, fields: tuple[tuple[str, str, Callable[[Any], Any], type | None, Any], ...],
                  required: tuple[tuple[str, str], ...], aliases: tuple[tuple[str, str], ...],
-                 secret: tuple[str, ...]) -> None:
+                 secret: tuple[str, ...], nested: tuple[str, ...]) -> None:
         # (field name, wire key, converter, the type taken as is, the value when missing)
         self.fields = fields
         self.required = required  # (field name, wire key) of those that must be there
         self.aliases = aliases  # (other wire key, wire key): another shape of the same answer
         self.secret = secret  # names of the fields that hold secrets
+        self.nested = nested  # names of the fields that hold models (one, or a tuple)
 
 
 @functools.lru_cache(maxsize=None)
@@ -511,6 +512,7 @@ def _plan(cls: type) -> _Plan:
         tuple((name, meta["key"]) for name, meta in decoded if meta["required"]),
         tuple((meta["alias"], meta["key"]) for _, meta in decoded if meta["alias"]),
         tuple(name for name, meta in decoded if meta["secret"]),
+        tuple(name for name, meta in decoded if meta["convert"] in _MODEL_CONVERTERS),
     )
 
 
@@ -536,21 +538,26 @@ def _build(cls: type[_M], data: Any) -> _M:
     model: _M = object.__new__(model_class)
     # _secrets: the request's, which a server may have echoed into any field; the repr masks them.
     model.__dict__.update(values, raw=data, _secrets=_local.secrets)
-    held = tuple(str(values[name]) for name in plan.secret if values[name])
-    if held:
-        _share_secrets(values.values(), held)
+    if plan.nested and plan.secret:
+        held = tuple(str(values[name]) for name in plan.secret if values[name])
+        if held:
+            _share_secrets(model, held)
     return model
 
 
-def _share_secrets(values: Any, secrets: tuple[str, ...]) -> None:
-    """Give the models among ``values`` (and theirs) the ``secrets`` of the
-    model that holds them, for their reprs to mask: plex.tv may repeat a
-    resource's token in one of its connections."""
-    for value in values:
-        for item in value if isinstance(value, tuple) else (value,):
-            if isinstance(item, _Record):
-                item.__dict__["_secrets"] = (*item.__dict__["_secrets"], *secrets)
-                _share_secrets(item.__dict__.values(), secrets)
+def _share_secrets(model: Any, secrets: tuple[str, ...]) -> None:
+    """Give the models ``model`` holds (and theirs) its ``secrets``, for their
+    reprs to mask: plex.tv may repeat a resource's token in one of its connections."""
+    kind: Any = type(model)
+    for name in _plan(kind).nested:
+        value = model.__dict__[name]
+        for item in value if isinstance(value, tuple) else () if value is None else (value,):
+            item.__dict__["_secrets"] = (*item.__dict__["_secrets"], *secrets)
+            _share_secrets(item, secrets)
+
+
+# Converters that make models (_one, _many): the fields whose models share the secrets of theirs.
+_MODEL_CONVERTERS: set[Callable[[Any], Any]] = set()
 
 
 def _one(cls: type[_M]) -> Callable[[Any], _M | None]:
@@ -559,6 +566,7 @@ def _one(cls: type[_M]) -> Callable[[Any], _M | None]:
             value = value[0] if value else None
         return _build(cls, value) if isinstance(value, dict) else None
 
+    _MODEL_CONVERTERS.add(convert)
     return convert
 
 
@@ -566,6 +574,7 @@ def _many(cls: type[_M]) -> Callable[[Any], tuple[_M, ...]]:
     def convert(value: Any) -> tuple[_M, ...]:
         return tuple(_build(cls, item) for item in _items(value) if isinstance(item, dict))
 
+    _MODEL_CONVERTERS.add(convert)
     return convert
 
 
