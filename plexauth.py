@@ -1863,6 +1863,7 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
     wanted = _wanted(secrets)
     if not wanted:
         return False
+    # float, not int: int() refuses over 4300 digits.
     numbers = [float(secret) for secret in secrets if secret[:1] == "0" and secret.isascii() and secret.isdigit()]
     # A PIN or code of digits echoed as a number: its leading zeros dropped, maybe as 482.0 or 4.82e2.
     if numbers and any(float(found) in numbers for found in re.findall(_NUMBER, text)):
@@ -2177,12 +2178,9 @@ def _shown_value(value: Any, secrets: tuple[str, ...]) -> Any:
     """A scalar fit to show: a string as _shown makes it, a number withheld when it spells a secret."""
     if isinstance(value, str):
         return _shown(value, secrets)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        text = str(value)
-        # A PIN or code of digits comes back as a JSON number, without its leading zeros, maybe as 482.0 or 4.82e2.
-        digits = [float(secret) for secret in secrets if secret.isascii() and secret.isdigit()]  # int() limits digits
-        if _shown(text, secrets) != text or abs(value) in digits:
-            return "***"
+    # _shown reads digits that lost their leading zeros (a PIN echoed as 482.0) as the secret too.
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and _shown(str(value), secrets) != str(value):
+        return "***"
     return value
 
 
