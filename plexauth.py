@@ -1864,8 +1864,8 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
     if not wanted:
         return False
     # float, not int: int() refuses over 4300 digits.
-    numbers = [float(secret) for secret in secrets if secret[:1] == "0" and secret.isascii() and secret.isdigit()]
-    # A PIN or code of digits echoed as a number: its leading zeros dropped, maybe as 482.0 or 4.82e2.
+    numbers = [float(secret) for secret in secrets if secret.isascii() and secret.isdigit()]
+    # A PIN or code of digits echoed as a number: maybe without its leading zeros, as 482.0, 4.82e2 or 1.2e+16.
     if numbers and any(float(found) in numbers for found in re.findall(_NUMBER, text)):
         return True
     import html  # noqa: PLC0415 (only shown text is checked)

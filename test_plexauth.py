@@ -2537,6 +2537,16 @@ def test_errors__a_body_read_only_in_part_is_not_kept(httpserver: HTTPServer, co
         assert (info.value.body, info.value.errors, info.value.message) == (b"", (), None)
 
 
+def test_errors__a_long_code_of_digits_echoed_as_a_float_is_withheld(httpserver: HTTPServer, config: Config) -> None:
+    # Python writes a float of 1e16 or more with an exponent: no raw match, read as a number.
+    code = "12345678901234568"
+    body = {"errors": [{"code": 1029, "message": "Invalid code", "given": float(code)}]}
+    httpserver.expect_request("/api/v2/users/signin").respond_with_json(body, status=401)
+    with raises(TwoFactorRequiredError) as info:
+        plexauth.post_users_sign_in_data(config, "user", "password", verification_code=code)
+    assert (info.value.errors[0]["given"], info.value.body) == ("***", b"")
+
+
 def test_errors__a_password_of_other_digits_is_no_number(httpserver: HTTPServer, config: Config) -> None:
     # str.isdigit() holds for superscripts: such a password is text, never read as a number.
     body = {"errors": [{"code": 1001, "message": "User could not be authenticated", "status": 401}]}
