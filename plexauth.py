@@ -385,6 +385,8 @@ def _str(value: Any) -> str | None:
 
 
 def _int(value: Any) -> int | None:
+    if value.__class__ is int:  # most integers of most answers: one check, not four
+        return value if -_INT_RANGE <= value < _INT_RANGE else None
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, float) and value.is_integer():
@@ -493,26 +495,28 @@ class _Plan:
     __slots__ = ("aliases", "fields", "nested", "required", "secret")
 
     def __init__(self, fields: tuple[tuple[str, str, Callable[[Any], Any], type | None, Any], ...],
+                 nested: tuple[tuple[str, str, Callable[[Any], Any], type | None, Any], ...],
                  required: tuple[tuple[str, str], ...], aliases: tuple[tuple[str, str], ...],
-                 secret: tuple[str, ...], nested: tuple[str, ...]) -> None:
+                 secret: tuple[str, ...]) -> None:
         # (field name, wire key, converter, the type taken as is, the value when missing)
         self.fields = fields
+        self.nested = nested  # the same, for the fields that hold models (one, or a tuple), decoded last
         self.required = required  # (field name, wire key) of those that must be there
         self.aliases = aliases  # (other wire key, wire key): another shape of the same answer
         self.secret = secret  # names of the fields that hold secrets
-        self.nested = nested  # names of the fields that hold models (one, or a tuple)
 
 
 @functools.lru_cache(maxsize=None)
 def _plan(cls: type) -> _Plan:
     decoded = [(field.name, field.metadata) for field in dataclasses.fields(cls) if "key" in field.metadata]
+    steps = [(name, meta["key"], meta["convert"], _TAKEN_AS_IS.get(meta["convert"]), meta["convert"](None))
+             for name, meta in decoded]
     return _Plan(
-        tuple((name, meta["key"], meta["convert"], _TAKEN_AS_IS.get(meta["convert"]), meta["convert"](None))
-              for name, meta in decoded),
+        tuple(step for step in steps if step[2] not in _MODEL_CONVERTERS),
+        tuple(step for step in steps if step[2] in _MODEL_CONVERTERS),
         tuple((name, meta["key"]) for name, meta in decoded if meta["required"]),
         tuple((meta["alias"], meta["key"]) for _, meta in decoded if meta["alias"]),
         tuple(name for name, meta in decoded if meta["secret"]),
-        tuple(name for name, meta in decoded if meta["convert"] in _MODEL_CONVERTERS),
     )
 
 
@@ -533,27 +537,23 @@ def _build(cls: type[_M], data: Any) -> _M:
     for name, key in plan.required:
         if values[name] is None:
             raise _Invalid(f"{key!r} is missing or has the wrong type")
+    # The request's secrets, which a server may have echoed into any field: the repr masks them.
+    secrets = _local.secrets
+    if plan.nested:
+        # The models inside also mask this one's secrets: plex.tv may repeat
+        # a resource's token in one of its connections.
+        _local.secrets = (*secrets, *(str(values[name]) for name in plan.secret if values[name]))
+        try:
+            for name, key, convert, _, missing in plan.nested:
+                value = found.get(key)
+                values[name] = missing if value is None else convert(value)
+        finally:
+            _local.secrets = secrets
     # As pickle restores an instance: the values are already checked and
     # converted, and models have no __post_init__ to run.
     model: _M = object.__new__(model_class)
-    # _secrets: the request's, which a server may have echoed into any field; the repr masks them.
-    model.__dict__.update(values, raw=data, _secrets=_local.secrets)
-    if plan.nested and plan.secret:
-        held = tuple(str(values[name]) for name in plan.secret if values[name])
-        if held:
-            _share_secrets(model, held)
+    model.__dict__.update(values, raw=data, _secrets=secrets)
     return model
-
-
-def _share_secrets(model: Any, secrets: tuple[str, ...]) -> None:
-    """Give the models ``model`` holds (and theirs) its ``secrets``, for their
-    reprs to mask: plex.tv may repeat a resource's token in one of its connections."""
-    kind: Any = type(model)
-    for name in _plan(kind).nested:
-        value = model.__dict__[name]
-        for item in value if isinstance(value, tuple) else () if value is None else (value,):
-            item.__dict__["_secrets"] = (*item.__dict__["_secrets"], *secrets)
-            _share_secrets(item, secrets)
 
 
 # Converters that make models (_one, _many): the fields whose models share the secrets of theirs.
@@ -572,7 +572,7 @@ def _one(cls: type[_M]) -> Callable[[Any], _M | None]:
 
 def _many(cls: type[_M]) -> Callable[[Any], tuple[_M, ...]]:
     def convert(value: Any) -> tuple[_M, ...]:
-        return tuple(_build(cls, item) for item in _items(value) if isinstance(item, dict))
+        return tuple([_build(cls, item) for item in _items(value) if isinstance(item, dict)])
 
     _MODEL_CONVERTERS.add(convert)
     return convert
