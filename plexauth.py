@@ -385,16 +385,15 @@ def _str(value: Any) -> str | None:
 
 
 def _int(value: Any) -> int | None:
-    if value.__class__ is int:  # most integers of most answers: one check, not four
-        return value if -_INT_RANGE <= value < _INT_RANGE else None
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    elif isinstance(value, str) and re.fullmatch(_INT_TEXT, value.strip()):
-        return int(value)
+    if value.__class__ is not int:  # most integers of most answers need none of these checks
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        elif isinstance(value, str) and re.fullmatch(_INT_TEXT, value.strip()):
+            return int(value)
+        elif value is None or isinstance(value, bool) or not isinstance(value, int):
+            return None
     # Plex's integers are 64-bit; a larger one (1e308 is a 1024-bit int) is not an answer.
-    return value if isinstance(value, int) and -_INT_RANGE <= value < _INT_RANGE else None
+    return value if -_INT_RANGE <= value < _INT_RANGE else None
 
 
 def _bool(value: Any) -> bool | None:
@@ -495,12 +494,12 @@ class _Plan:
     __slots__ = ("aliases", "fields", "nested", "required", "secret")
 
     def __init__(self, fields: tuple[tuple[str, str, Callable[[Any], Any], type | None, Any], ...],
-                 nested: tuple[tuple[str, str, Callable[[Any], Any], type | None, Any], ...],
+                 nested: tuple[tuple[str, str, Callable[[Any], Any]], ...],
                  required: tuple[tuple[str, str], ...], aliases: tuple[tuple[str, str], ...],
                  secret: tuple[str, ...]) -> None:
         # (field name, wire key, converter, the type taken as is, the value when missing)
         self.fields = fields
-        self.nested = nested  # the same, for the fields that hold models (one, or a tuple), decoded last
+        self.nested = nested  # (field name, wire key, converter) of the fields that hold models, decoded last
         self.required = required  # (field name, wire key) of those that must be there
         self.aliases = aliases  # (other wire key, wire key): another shape of the same answer
         self.secret = secret  # names of the fields that hold secrets
@@ -509,11 +508,10 @@ class _Plan:
 @functools.lru_cache(maxsize=None)
 def _plan(cls: type) -> _Plan:
     decoded = [(field.name, field.metadata) for field in dataclasses.fields(cls) if "key" in field.metadata]
-    steps = [(name, meta["key"], meta["convert"], _TAKEN_AS_IS.get(meta["convert"]), meta["convert"](None))
-             for name, meta in decoded]
     return _Plan(
-        tuple(step for step in steps if step[2] not in _MODEL_CONVERTERS),
-        tuple(step for step in steps if step[2] in _MODEL_CONVERTERS),
+        tuple((name, meta["key"], meta["convert"], _TAKEN_AS_IS.get(meta["convert"]), meta["convert"](None))
+              for name, meta in decoded if meta["convert"] not in _MODEL_CONVERTERS),
+        tuple((name, meta["key"], meta["convert"]) for name, meta in decoded if meta["convert"] in _MODEL_CONVERTERS),
         tuple((name, meta["key"]) for name, meta in decoded if meta["required"]),
         tuple((meta["alias"], meta["key"]) for _, meta in decoded if meta["alias"]),
         tuple(name for name, meta in decoded if meta["secret"]),
@@ -544,9 +542,8 @@ def _build(cls: type[_M], data: Any) -> _M:
         # a resource's token in one of its connections.
         _local.secrets = (*secrets, *(str(values[name]) for name in plan.secret if values[name]))
         try:
-            for name, key, convert, _, missing in plan.nested:
-                value = found.get(key)
-                values[name] = missing if value is None else convert(value)
+            for name, key, convert in plan.nested:
+                values[name] = convert(found.get(key))  # None gives None or ()
         finally:
             _local.secrets = secrets
     # As pickle restores an instance: the values are already checked and
@@ -572,7 +569,7 @@ def _one(cls: type[_M]) -> Callable[[Any], _M | None]:
 
 def _many(cls: type[_M]) -> Callable[[Any], tuple[_M, ...]]:
     def convert(value: Any) -> tuple[_M, ...]:
-        return tuple([_build(cls, item) for item in _items(value) if isinstance(item, dict)])
+        return tuple(_build(cls, item) for item in _items(value) if isinstance(item, dict))
 
     _MODEL_CONVERTERS.add(convert)
     return convert
