@@ -385,12 +385,12 @@ def _str(value: Any) -> str | None:
 
 
 def _int(value: Any) -> int | None:
-    if value.__class__ is not int:  # most integers of most answers need none of these checks
+    if value.__class__ is not int:  # the exact class: most integers of most answers need no more checks
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         elif isinstance(value, str) and re.fullmatch(_INT_TEXT, value.strip()):
             return int(value)
-        elif value is None or isinstance(value, bool) or not isinstance(value, int):
+        else:  # None, bool, and whatever neither JSON nor XML gives as a number
             return None
     # Plex's integers are 64-bit; a larger one (1e308 is a 1024-bit int) is not an answer.
     return value if -_INT_RANGE <= value < _INT_RANGE else None
