@@ -491,18 +491,16 @@ class _Plan:
     """How to decode one model class, worked out from its fields once.  (A
     plain class: making a typing.NamedTuple took 0.1 to 0.25 ms of the import.)"""
 
-    __slots__ = ("aliases", "fields", "nested", "required", "secret")
+    __slots__ = ("aliases", "fields", "required", "secret")
 
     def __init__(self, fields: tuple[tuple[str, str, Callable[[Any], Any], type | None, Any], ...],
-                 nested: tuple[tuple[str, str, Callable[[Any], Any]], ...],
                  required: tuple[tuple[str, str], ...], aliases: tuple[tuple[str, str], ...],
                  secret: tuple[str, ...]) -> None:
         # (field name, wire key, converter, the type taken as is, the value when missing)
         self.fields = fields
-        self.nested = nested  # (field name, wire key, converter) of the fields that hold models, decoded last
         self.required = required  # (field name, wire key) of those that must be there
         self.aliases = aliases  # (other wire key, wire key): another shape of the same answer
-        self.secret = secret  # names of the fields that hold secrets
+        self.secret = secret  # wire keys of the fields that hold secrets
 
 
 @functools.lru_cache(maxsize=None)
@@ -510,11 +508,10 @@ def _plan(cls: type) -> _Plan:
     decoded = [(field.name, field.metadata) for field in dataclasses.fields(cls) if "key" in field.metadata]
     return _Plan(
         tuple((name, meta["key"], meta["convert"], _TAKEN_AS_IS.get(meta["convert"]), meta["convert"](None))
-              for name, meta in decoded if meta["convert"] not in _MODEL_CONVERTERS),
-        tuple((name, meta["key"], meta["convert"]) for name, meta in decoded if meta["convert"] in _MODEL_CONVERTERS),
+              for name, meta in decoded),
         tuple((name, meta["key"]) for name, meta in decoded if meta["required"]),
         tuple((meta["alias"], meta["key"]) for _, meta in decoded if meta["alias"]),
-        tuple(name for name, meta in decoded if meta["secret"]),
+        tuple(meta["key"] for _, meta in decoded if meta["secret"]),
     )
 
 
@@ -535,26 +532,19 @@ def _build(cls: type[_M], data: Any) -> _M:
     for name, key in plan.required:
         if values[name] is None:
             raise _Invalid(f"{key!r} is missing or has the wrong type")
-    # The request's secrets, which a server may have echoed into any field: the repr masks them.
-    secrets = _local.secrets
-    if plan.nested:
-        # The models inside also mask this one's secrets: plex.tv may repeat
-        # a resource's token in one of its connections.
-        _local.secrets = (*secrets, *(str(values[name]) for name in plan.secret if values[name]))
-        try:
-            for name, key, convert in plan.nested:
-                values[name] = convert(found.get(key))  # None gives None or ()
-        finally:
-            _local.secrets = secrets
+    # What a server sends under a secret key (even a value no use as a token)
+    # joins the answer's secrets: plex.tv may repeat one resource's token in
+    # a connection of it, or of another.
+    secrets = _local.answer_secrets
+    for key in plan.secret:
+        value = found.get(key)
+        if isinstance(value, str) and value:
+            secrets.append(value)
     # As pickle restores an instance: the values are already checked and
     # converted, and models have no __post_init__ to run.
     model: _M = object.__new__(model_class)
     model.__dict__.update(values, raw=data, _secrets=secrets)
     return model
-
-
-# Converters that make models (_one, _many): the fields whose models share the secrets of theirs.
-_MODEL_CONVERTERS: set[Callable[[Any], Any]] = set()
 
 
 def _one(cls: type[_M]) -> Callable[[Any], _M | None]:
@@ -563,7 +553,6 @@ def _one(cls: type[_M]) -> Callable[[Any], _M | None]:
             value = value[0] if value else None
         return _build(cls, value) if isinstance(value, dict) else None
 
-    _MODEL_CONVERTERS.add(convert)
     return convert
 
 
@@ -571,7 +560,6 @@ def _many(cls: type[_M]) -> Callable[[Any], tuple[_M, ...]]:
     def convert(value: Any) -> tuple[_M, ...]:
         return tuple(_build(cls, item) for item in _items(value) if isinstance(item, dict))
 
-    _MODEL_CONVERTERS.add(convert)
     return convert
 
 
@@ -1070,6 +1058,12 @@ class _CallState(threading.local):
     secrets: tuple[str, ...] = ()
     # Inside a model's repr: the secrets of the models in it, for the outermost to mask.
     repr_secrets: set[str] | None = None
+
+    def __init__(self) -> None:
+        # The request's secrets and those of every model made of its answer so
+        # far: one list, which each of those models keeps for its repr to mask.
+        # A fresh one for each answer (outside a decode, a spare).
+        self.answer_secrets: list[str] = []
 
 
 class _OutOfTime(Exception):
@@ -1943,14 +1937,18 @@ def _decoded(run: str) -> list[str]:
 #: withheld when there are secrets to look for: looking through megabytes for
 #: every form of them would cost more time and memory than a call may take.
 _MAX_SHOWN_CHARS = 64 * 1024
+#: So is every text, when the secrets to look for are longer than this all
+#: told (plex.tv's answers hold a few dozen tokens): one pattern for every
+#: form of thousands would take seconds to make.
+_MAX_SECRET_CHARS = 32 * 1024
 
 
 def _shown(text: str, secrets: tuple[str, ...], *, keys: bool = True) -> str:
     """``text`` fit to show: masked, or withheld whole when a secret is still
     in it in a form that cannot be cut out."""
-    if len(text) > _MAX_SHOWN_CHARS and any(secrets):
-        return "***"
     secrets = _pieces(secrets)
+    if any(secrets) and (len(text) > _MAX_SHOWN_CHARS or sum(map(len, secrets)) > _MAX_SECRET_CHARS):
+        return "***"
     if not keys and len(text) < min((len(secret) for secret in secrets if secret), default=0):
         return text  # every form of a secret is at least as long as the secret
     try:
@@ -2344,13 +2342,13 @@ def _call(
     answer, sent = _send(config, method, path, on_server=on_server, query=query, form=form, json_body=json_body,
                          clients=clients, send_token=send_token, secrets=secrets, deadline=deadline,
                          redirects=redirects)
-    _local.secrets = sent.secrets  # for the models made, whose reprs mask them
+    _local.secrets, _local.answer_secrets = sent.secrets, [*sent.secrets]  # for the models made to mask
     try:
         return build(_parse(answer.body))
     except (ValueError, RecursionError) as exc:
         reason = str(exc) if isinstance(exc, _Invalid) else "the body could not be decoded"
     finally:
-        _local.secrets = ()
+        _local.secrets, _local.answer_secrets = (), []
     try:  # read leniently, only to find the token
         holder = _unwrap(_parse_text(_text(answer.body, strict=False)), minted or "") if minted else None
     except (ValueError, RecursionError):

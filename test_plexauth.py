@@ -80,9 +80,13 @@ urllib3 1.26 and 2.x.
   password beyond Latin-1 echoed in UTF-16
   (``test_hostile__utf16_echo_of_a_password_beyond_latin1_is_withheld``); a
   repr masks the secrets of every model in it, a user's own models too
-  (``test_hostile__a_repr_masks_the_secrets_of_every_model_in_it``), and a text
-  too long to look through is withheld
-  (``test_hostile__a_text_too_long_to_look_through_is_withheld``); nor do
+  (``test_hostile__a_repr_masks_the_secrets_of_every_model_in_it``), the
+  models of one answer mask one another's, a token no use as one too
+  (``test_hostile__the_models_of_one_answer_mask_one_anothers_secrets``), and a
+  text too long to look through is withheld
+  (``test_hostile__a_text_too_long_to_look_through_is_withheld``), as is every
+  repr of an answer with too many secrets to look for
+  (``test_hostile__an_answer_with_too_many_secrets_to_look_for_is_withheld``); nor do
   secrets in status lines and header lines
   (``test_hostile__secrets_in_status_and_header_lines_reach_no_log_and_no_exception``);
   a redirect to an address holding the token is not followed
@@ -3372,6 +3376,38 @@ def test_hostile__a_repr_masks_the_secrets_of_every_model_in_it(fault_server: An
     for text in (repr(account), repr(account.services[0]), repr(mine), str(mine)):
         assert TOKEN not in text
         assert_no_secret(text)
+
+
+def test_hostile__the_models_of_one_answer_mask_one_anothers_secrets(httpserver: HTTPServer, config: Config) -> None:
+    # plex.tv may repeat one resource's token in another's connection; a value
+    # sent as a token that is no use as one (a tab in it) is a secret all the same.
+    unusable = "CANARY-UNUSABLE\tTOKEN-z4"
+    first = {"clientIdentifier": "m1", "name": f"One {unusable}", "provides": "server", "accessToken": ACCESS_TOKEN,
+             "connections": [{"uri": "http://192.0.2.1:32400"}]}
+    second = {"clientIdentifier": "m2", "name": "Two", "provides": "server", "accessToken": unusable,
+              "connections": [{"uri": f"http://192.0.2.2:32400/?t={urllib.parse.quote(ACCESS_TOKEN)}"}]}
+    httpserver.expect_request("/api/v2/resources").respond_with_json([first, second])
+    one, two = plexauth.get_resources(config)
+    assert (one.name, two.access_token) == (f"One {unusable}", None)  # the data as sent...
+    services = [{"identifier": "a", "token": SERVICE_TOKEN}, {"identifier": "b", "endpoint": f"x/{SERVICE_TOKEN}"}]
+    httpserver.expect_request("/api/v2/user").respond_with_json({**ACCOUNT, "services": services})
+    account = plexauth.get_token_details(config)
+    assert account.services[1].endpoint == f"x/{SERVICE_TOKEN}"
+    # ...but no model shows another's secret: not alone, not in a list.
+    for text in (repr(one), repr(two), repr(two.connections[0]), str((one, two)), repr(account.services[1])):
+        assert_no_secret(text)
+    assert repr(two.connections[0]).endswith("uri='http://192.0.2.2:32400/?t=***', local=None, relay=None, ipv6=None)")
+
+
+def test_hostile__an_answer_with_too_many_secrets_to_look_for_is_withheld(httpserver: HTTPServer,
+                                                                          config: Config) -> None:
+    # 600 tokens of 64 characters: more than 32 KiB of secrets to look for in every repr.
+    many = [{"clientIdentifier": f"m{i}", "name": f"n{i}", "provides": "server", "accessToken": f"{i:04d}" + "k" * 60}
+            for i in range(600)]
+    httpserver.expect_request("/api/v2/resources").respond_with_json(many)
+    resources = plexauth.get_resources(config)
+    assert [resource.access_token for resource in resources] == [item["accessToken"] for item in many]
+    assert (repr(resources[0]), str(resources[-1])) == ("***", "***")
 
 
 def test_hostile__a_text_too_long_to_look_through_is_withheld(fault_server: Any) -> None:
