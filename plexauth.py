@@ -49,7 +49,7 @@ import threading
 import time
 import urllib.parse
 import zlib
-from typing import Any, Callable, Mapping, NoReturn, TypeVar
+from typing import Any, Callable, Mapping, NoReturn, Sequence, TypeVar
 
 import urllib3
 
@@ -538,13 +538,42 @@ def _build(cls: type[_M], data: Any) -> _M:
     secrets = _local.answer_secrets
     for key in plan.secret:
         value = found.get(key)
-        if isinstance(value, str) and value:
-            secrets.append(value)
+        if isinstance(value, str):
+            if value:
+                secrets.append(value)
+        elif value is not None:
+            secrets += _secret_texts(value)
     # As pickle restores an instance: the values are already checked and
     # converted, and models have no __post_init__ to run.
     model: _M = object.__new__(model_class)
     model.__dict__.update(values, raw=data, _secrets=secrets)
     return model
+
+
+def _secret_texts(value: Any) -> list[str]:
+    """The strings and numbers in ``value``, sent under a secret key in a
+    form no model takes (a number, a list: an XML element given twice), as
+    the server may repeat them elsewhere."""
+    found, left = [], [value]
+    while left:  # the parser bounds how many values a body holds
+        item = left.pop()
+        if isinstance(item, dict):
+            left += item.values()
+        elif isinstance(item, list):
+            left += item
+        elif isinstance(item, str):
+            found += [item] if item else []
+        elif isinstance(item, (int, float)) and not isinstance(item, bool):
+            found.append(repr(item))
+    return found
+
+
+def _answer_secrets(*models: Any) -> tuple[str, ...]:
+    """The secrets of the answers ``models`` were decoded from (what the
+    request sent, what the server sent under secret keys): any field of any
+    model of an answer may repeat them.  None for a model built by hand."""
+    lists = {id(found): found for found in (model.__dict__.get("_secrets") for model in models) if found}
+    return tuple(dict.fromkeys(secret for found in lists.values() for secret in found))
 
 
 def _one(cls: type[_M]) -> Callable[[Any], _M | None]:
@@ -2852,8 +2881,9 @@ def connect(config: Config, resource: Resource, *, timeout: float = 5.0) -> Conf
     _prepared(config)  # a wrong config is the caller's TypeError, before any thread
     _check_resource(resource)
     # plex.tv writes the resource: any field could hold the server's token (or
-    # the caller's), which then must not travel to an unproven address, nor show.
-    secrets = tuple(secret for secret in (resource.access_token, config.token) if secret)
+    # the caller's, or another server's), which then must not travel to an
+    # unproven address, nor show.
+    secrets = tuple(secret for secret in (resource.access_token, config.token, *_answer_secrets(resource)) if secret)
     named = _shown(repr(resource.name or resource.client_identifier), secrets)
     if "server" not in resource.provides:
         provides = _shown(", ".join(resource.provides), secrets)
@@ -3682,17 +3712,17 @@ def _check_save_target(path: str | None) -> None:
             raise _UsageError(f"cannot write {path}: it is not a regular file (a folder, a link...)")
 
 
-def _save_or_print(args: Any, config: Config, token: str, data: dict[str, Any]) -> None:
+def _save_or_print(args: Any, config: Config, token: str, data: dict[str, Any], answer: Sequence[Any] = ()) -> None:
     """sign-in and link: the token to --save-token's file, else to stdout."""
     if args.save_token:
         _hand_over(config, token, lambda: _write_private(args.save_token, token),
                    f"write the new token to {args.save_token}")
         _say(f"token saved to {args.save_token}")
         if args.json:
-            _show(args, {**data, "authToken": token} if args.show_token else data, [], token=token)
+            _show(args, {**data, "authToken": token} if args.show_token else data, [], token=token, answer=answer)
     else:
-        _hand_over(config, token, lambda: _show(args, {**data, "authToken": token}, [token], token=token),
-                   "print the new token")
+        _hand_over(config, token, lambda: _show(args, {**data, "authToken": token}, [token], token=token,
+                                                answer=answer), "print the new token")
 
 
 # -----------------------------------------------------------------------------
@@ -3700,11 +3730,13 @@ def _save_or_print(args: Any, config: Config, token: str, data: dict[str, Any]) 
 # -----------------------------------------------------------------------------
 
 
-def _show(args: Any, data: dict[str, Any], lines: list[str], *, token: str | None = None) -> None:
+def _show(args: Any, data: dict[str, Any], lines: list[str], *, token: str | None = None,
+          answer: Sequence[Any] = ()) -> None:
     """Print a command's result: what the server sent, with the run's own
-    secrets masked (a server may echo them anywhere), except ``token``, the
-    new token this command was asked to print (it may hold a PIN's digits)."""
-    secrets = tuple(secret for secret in args.secrets if secret != token)
+    secrets and those of the ``answer`` it came from (models) masked (a
+    server may echo them anywhere), except ``token``, the new token this
+    command was asked to print (it may hold a PIN's digits)."""
+    secrets = tuple(secret for secret in (*args.secrets, *_answer_secrets(*answer)) if secret != token)
     # Each string on its own, before JSON escapes multiply it; JSON escapes control characters itself.
     _emit(sys.stdout, json.dumps(_masked(data, secrets, token), indent=2, default=str) if args.json
           else "\n".join(_printable(line) for line in _masked(lines, secrets, token)))
@@ -3927,10 +3959,11 @@ def _cmd_status(args: Any) -> int:
     head = {"tokenFrom": args.token_source, "clientIdentifier": config.client_identifier}
     lines = [f"token from: {args.token_source}", f"client identifier: {config.client_identifier}"]
     try:
-        data, more = _account_summary(get_token_details(config), config.token)
+        account = get_token_details(config)
     except UnauthorizedError as exc:
         raise _Exit(f"{exc}: the token from {args.token_source} is not accepted; run plexauth login", 3) from None
-    _show(args, {**head, **data}, lines + more)
+    data, more = _account_summary(account, config.token)
+    _show(args, {**head, **data}, lines + more, answer=[account])
     return 0
 
 
@@ -4005,7 +4038,7 @@ def _cmd_sign_in(args: Any) -> int:
     _check_save_target(args.save_token)
     config = _config(args, token=False)
     account = _password_sign_in(args, config)
-    _save_or_print(args, config, account.auth_token, _account_summary(account)[0])
+    _save_or_print(args, config, account.auth_token, _account_summary(account)[0], [account])
     return 0
 
 
@@ -4017,8 +4050,9 @@ def _cmd_link(args: Any) -> int:
 
 
 def _cmd_whoami(args: Any) -> int:
-    data, lines = _account_summary(get_token_details(_config(args)))
-    _show(args, data, lines)
+    account = get_token_details(_config(args))
+    data, lines = _account_summary(account)
+    _show(args, data, lines, answer=[account])
     return 0
 
 
@@ -4053,18 +4087,16 @@ def _servers(config: Config) -> list[Resource]:
 
 def _cmd_servers(args: Any) -> int:
     data, lines = [], []
-    for resource in _servers(_config(args)):
-        # Each server's entry with its own token masked (plex.tv could put it in a connection's URI);
-        # every token in every line would take time that grows with the square of the list.
-        secrets = (resource.access_token or "",)
+    servers = _servers(_config(args))
+    for resource in servers:
         connections, connection_lines = _connections_shown(resource.connections)
         whose = "owned" if resource.owned else f"shared by {resource.source_title or '?'}"
-        data.append(_masked({"name": resource.name, "clientIdentifier": resource.client_identifier,
-                             "owned": resource.owned, "sourceTitle": resource.source_title,
-                             "connections": connections}, secrets))
-        lines += _masked([f"{resource.name or '-'} ({whose}): {resource.client_identifier}",
-                          *(f"  {line}" for line in connection_lines)], secrets)
-    _show(args, {"servers": data}, lines or ["no servers"])
+        data.append({"name": resource.name, "clientIdentifier": resource.client_identifier,
+                     "owned": resource.owned, "sourceTitle": resource.source_title, "connections": connections})
+        lines += [f"{resource.name or '-'} ({whose}): {resource.client_identifier}",
+                  *(f"  {line}" for line in connection_lines)]
+    # Every token of the answer masked in every entry: plex.tv could put one server's in another's.
+    _show(args, {"servers": data}, lines or ["no servers"], answer=servers)
     return 0
 
 
@@ -4089,7 +4121,7 @@ def _cmd_connect(args: Any) -> int:
     except ServerUnreachableError as exc:  # what each connection did, for the user to act on
         tried = "; ".join(f"{uri}: {reason}" for uri, reason in exc.attempts)
         # The connections come from plex.tv, which could put the server's token in one.
-        text = _shown(f"{exc}{' (' + tried + ')' if tried else ''}", (resource.access_token or "",))
+        text = _shown(f"{exc}{' (' + tried + ')' if tried else ''}", _answer_secrets(resource))
         raise _Exit(text, _exit_code(exc)) from None
     token = chosen.token or ""  # the server's own: printed only when asked, as source-info's
     data: dict[str, Any] = {"url": chosen.server_url, "name": resource.name,
@@ -4100,7 +4132,7 @@ def _cmd_connect(args: Any) -> int:
     if args.show_token:
         data["accessToken"] = token
     _show(args, data, [chosen.server_url] + ([f"access token: {token}"] if args.show_token else []),
-          token=token if args.show_token else None)
+          token=token if args.show_token else None, answer=[resource])
     return 0
 
 
@@ -4110,7 +4142,7 @@ def _cmd_home_users(args: Any) -> int:
              "protected": u.protected, "restricted": u.restricted} for u in users]
     lines = [f"{u.title or '-'} ({u.username or '-'}): {u.uuid}{' admin' if u.admin else ''}"
              f"{' PIN' if u.protected else ''}" for u in users]
-    _show(args, {"users": data}, lines)
+    _show(args, {"users": data}, lines, answer=users)
     return 0
 
 
@@ -4131,7 +4163,7 @@ def _cmd_switch(args: Any) -> int:
         token = switch_home_user(config, user, pin=pin)
     except ValueError as exc:  # the PIN given is not 4 digits
         raise _UsageError(str(exc)) from None
-    _save_or_print(args, config, token, {"uuid": user.uuid, "title": user.title})
+    _save_or_print(args, config, token, {"uuid": user.uuid, "title": user.title}, [user])
     return 0
 
 
@@ -4146,7 +4178,7 @@ def _cmd_source_info(args: Any) -> int:
     if args.show_token:
         data["accessToken"] = info.access_token
         lines.append(f"access token: {info.access_token or '-'}")
-    _show(args, data, lines, token=info.access_token if args.show_token else None)
+    _show(args, data, lines, token=info.access_token if args.show_token else None, answer=[info])
     return 0
 
 

@@ -3399,6 +3399,28 @@ def test_hostile__the_models_of_one_answer_mask_one_anothers_secrets(httpserver:
     assert repr(two.connections[0]).endswith("uri='http://192.0.2.2:32400/?t=***', local=None, relay=None, ipv6=None)")
 
 
+def test_hostile__secret_keys_holding_numbers_or_lists_are_secrets_too(httpserver: HTTPServer,
+                                                                       config: Config) -> None:
+    # An XML element given twice is a list; a token may come as a number.
+    twice = ('<MediaContainer><Device name="a CANARY-ONE b CANARY-TWO c 98765432101" clientIdentifier="m1">'
+             '<accessToken>CANARY-ONE</accessToken><accessToken>CANARY-TWO</accessToken></Device></MediaContainer>')
+    httpserver.expect_request("/security/resources").respond_with_data(twice, content_type="application/xml")
+    source = plexauth.get_source_connection_information(config, "server://m1")
+    assert (source.name, source.access_token) == ("a CANARY-ONE b CANARY-TWO c 98765432101", None)
+    assert repr(source).startswith("SourceConnectionInformation(name='a *** b *** c 98765432101'")
+    numbered = {"clientIdentifier": "m1", "name": "n 98765432101 1.5", "provides": "server", "accessToken": 98765432101,
+                "connections": [{"uri": "http://192.0.2.1:32400/?t=1.5"}]}
+    # A JSON object under a secret key: its strings count, not a null or a flag.
+    nested = {**numbered, "name": "n CANARY-NESTED True None",
+              "accessToken": {"k": "CANARY-NESTED", "n": None, "f": True}}
+    httpserver.expect_request("/api/v2/resources").respond_with_json(
+        [numbered, {**numbered, "accessToken": [1.5]}, nested])
+    first, second, third = plexauth.get_resources(config)
+    assert "name='n *** ***'" in repr(first)
+    assert "uri='http://192.0.2.1:32400/?t=***'" in repr(second.connections[0])
+    assert "name='n *** True None'" in repr(third)
+
+
 def test_hostile__an_answer_with_too_many_secrets_to_look_for_is_withheld(httpserver: HTTPServer,
                                                                           config: Config) -> None:
     # 600 tokens of 64 characters: more than 32 KiB of secrets to look for in every repr.
@@ -5142,6 +5164,25 @@ def test_connect__the_servers_token_is_masked_wherever_plex_tv_repeats_it(httpse
         assert "***" in text
 
 
+def test_connect__another_servers_token_is_neither_probed_nor_shown(httpserver: HTTPServer, identities: Any,
+                                                                    config: Config) -> None:
+    # plex.tv lists every resource in one answer: one's token may sit in another's connection or name.
+    other = "CANARY-OTHER-SERVER-b4"
+    base = identities("0123456789abcdef").url_for("").rstrip("/")
+    living_room = {**RESOURCES[0], "httpsRequired": False, "connections": [
+        {"uri": f"{base}/{other}", "protocol": "http", "local": True}, {"uri": base, "protocol": "http"}]}
+    den = {**RESOURCES[0], "name": f"Den {ACCESS_TOKEN}", "clientIdentifier": "fedcba9876543210",
+           "httpsRequired": False, "accessToken": other, "connections": [{"uri": f"http://127.0.0.1:1/{ACCESS_TOKEN}"}]}
+    httpserver.expect_request("/api/v2/resources").respond_with_json([living_room, den])
+    first, second = plexauth.get_resources(config)
+    chosen = plexauth.connect(config, first)
+    assert chosen.server_url == base  # not the more preferred URI that holds the Den's token
+    with raises(plexauth.ServerUnreachableError) as info:  # (raises checks that no canary shows)
+        plexauth.connect(config, second)
+    assert info.value.attempts == (("http://127.0.0.1:1/***", "not tried: its URI holds a token"),)
+    assert str(info.value).endswith("no connection of 'Den ***' proved to be that server")
+
+
 def test_connect__ipv4_before_an_ipv6_literal_plex_tv_did_not_flag(config: Config) -> None:
     with socket.create_server(("127.0.0.1", 0)) as probe:
         closed = probe.getsockname()[1]
@@ -5246,6 +5287,26 @@ def test_cli__servers_and_connect(cli: Any, httpserver: HTTPServer, identities: 
                    f"that server ({local.url_for('').rstrip('/')}: GET /identity failed with 500 Internal Server "
                    f"Error; {remote.url_for('').rstrip('/')}: GET /identity failed with 500 Internal Server Error)\n")
 
+
+def test_cli__output_masks_every_secret_of_the_answer(cli: Any, httpserver: HTTPServer, token_env: None) -> None:
+    # What plex.tv sends under any secret key, in any entry, is masked in every
+    # other (the cli fixture fails on any canary the command was not asked for).
+    other = "CANARY-OTHER-SERVER-b4"
+    living_room = {**RESOURCES[0], "name": f"Living Room {other}"}
+    den = {**RESOURCES[0], "name": "Den", "clientIdentifier": "fedcba9876543210", "accessToken": other,
+           "connections": [{"uri": f"http://192.0.2.7:32400/?X-Plex-Token={ACCESS_TOKEN}"}]}
+    httpserver.expect_request("/api/v2/resources").respond_with_json([living_room, den])
+    assert cli("servers")[1].splitlines()[0::3] == ["Living Room *** (owned): 0123456789abcdef",
+                                                    "Den (owned): fedcba9876543210"]
+    assert json.loads(cli("servers", "--json")[1])["servers"][1]["connections"][0]["uri"] == (
+        "http://192.0.2.7:32400/?X-Plex-Token=***")
+    leaky_source = copy.deepcopy(SOURCE)
+    leaky_source["MediaContainer"]["Device"]["Connection"][0]["uri"] += f"/{ACCESS_TOKEN}"
+    httpserver.expect_request("/security/resources").respond_with_json(leaky_source)
+    assert "connection: https://192-0-2-10.abc.plex.direct:32400/*** (local)" in cli("source-info", "server://x")[1]
+    httpserver.expect_request("/api/v2/user").respond_with_json({**ACCOUNT, "username": f"u {SERVICE_TOKEN}"})
+    assert cli("whoami")[1].startswith("username: u ***\n")
+    assert json.loads(cli("status", "--json")[1])["username"] == "u ***"
 
 def test_cli__home_users_and_switch(cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch,
                                     tmp_path: Any, token_env: None) -> None:
