@@ -28,6 +28,7 @@ import array
 import base64
 import bisect
 import contextlib
+import copy
 import dataclasses
 import datetime
 import enum
@@ -183,6 +184,21 @@ class _Record:
     def __getstate__(self) -> dict[str, Any]:
         # _prepared (Config) holds a pool; _secrets (models) the request's secrets.
         return {name: value for name, value in self.__dict__.items() if not name.startswith("_")}
+
+    # A copy in this process keeps the secrets of the answer its model came
+    # from, to mask (a pickle, which may leave the process, carries none).
+    def __copy__(self) -> Any:
+        return self._copied(self.__getstate__())
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return self._copied(copy.deepcopy(self.__getstate__(), memo))
+
+    def _copied(self, state: dict[str, Any]) -> Any:
+        copied = object.__new__(type(self))
+        copied.__dict__.update(state)
+        if "_secrets" in self.__dict__:
+            copied.__dict__["_secrets"] = self.__dict__["_secrets"]
+        return copied
 
     def __repr__(self) -> str:
         # The outermost repr masks the whole text once, with the secrets of
@@ -1758,6 +1774,14 @@ def _pieces(secrets: tuple[str, ...]) -> tuple[str, ...]:
         parts = secret.split(".")
         if len(parts) == 3 and all(re.fullmatch("[A-Za-z0-9_-]{16,}", part) for part in parts):
             found += (form for part in (secret, *parts[1:]) for form in (part, part.translate(_STANDARD_ALPHABET)))
+    # As repr() writes it inside a longer str: with \\, \xa0 or \U000e0041
+    # (which no view undoes: the \x of a body means a byte), and with \' too
+    # when that str holds both kinds of quote (a model's repr of a title that
+    # echoes a password).
+    for secret in list(found):
+        escaped = repr("\"'" + secret)[4:-1]
+        if escaped != secret:
+            found += (escaped, escaped.replace("\\'", "'"))
     return tuple(dict.fromkeys(found))
 
 

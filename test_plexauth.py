@@ -3421,6 +3421,39 @@ def test_hostile__secret_keys_holding_numbers_or_lists_are_secrets_too(httpserve
     assert "name='n *** True None'" in repr(third)
 
 
+def test_hostile__secrets_are_masked_as_repr_writes_them(httpserver: HTTPServer, config: Config) -> None:
+    # repr() escapes a quote when the text holds both kinds, and characters it
+    # cannot print: the password echoed in a title must not show that way.
+    passwords = ["CANARY-PASS-it's \"x\"", "CANARY-PASS-\xa0nbsp", "CANARY-PASS-\U000e0041tag", "CANARY-PASS-\\"]
+    for password in passwords:
+        httpserver.clear()
+        httpserver.expect_request("/api/v2/users/signin").respond_with_json(
+            {**ACCOUNT, "title": f"'\"{password}", "username": password}, status=201)
+        account = plexauth.post_users_sign_in_data(config, login="user", password=password)
+        assert account.username == password
+        for text in (repr(account), str(account.subscription), repr([account])):
+            assert "CANARY" not in text, text
+
+
+def test_hostile__copies_mask_as_the_model_they_copy(httpserver: HTTPServer, config: Config) -> None:
+    # A copy made in this process keeps what its model masks: the tokens of
+    # the whole answer (a pickle carries the fields only, on purpose).
+    first = {"clientIdentifier": "m1", "name": "One", "provides": "server", "accessToken": ACCESS_TOKEN}
+    second = {"clientIdentifier": "m2", "name": f"Two {TOKEN}", "provides": "server", "accessToken": "CANARY-B-1",
+              "connections": [{"uri": f"http://192.0.2.2:32400/{ACCESS_TOKEN}"}]}
+    httpserver.expect_request("/api/v2/resources").respond_with_json([first, second])
+    resources = plexauth.get_resources(config)
+    connection = resources[1].connections[0]
+    for copied in (copy.copy(connection), copy.deepcopy(connection), copy.deepcopy(resources),
+                   copy.copy(resources[1])):
+        assert copied == (resources if isinstance(copied, tuple) else connection if copied.__class__ is
+                          plexauth.Connection else resources[1])
+        assert_no_secret(repr(copied))
+    assert copy.deepcopy(resources)[1].connections[0].raw is not connection.raw
+    # The caller's token, which the request sent and no field of the first holds, is in no pickle.
+    assert TOKEN.encode() not in pickle.dumps(resources[0])
+    assert pickle.loads(pickle.dumps(resources)) == resources
+
 def test_hostile__an_answer_with_too_many_secrets_to_look_for_is_withheld(httpserver: HTTPServer,
                                                                           config: Config) -> None:
     # 600 tokens of 64 characters: more than 32 KiB of secrets to look for in every repr.
