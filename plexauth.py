@@ -1764,7 +1764,7 @@ def _views(text: str) -> list[_View]:
     return views
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=8)  # as _secret_forms
 def _pieces(secrets: tuple[str, ...]) -> tuple[str, ...]:
     """``secrets`` and what else gives one away: the claims and the signature
     of a JWT (its header is predictable, so either echoed alone rebuilds it,
@@ -1853,7 +1853,13 @@ def _json_string_end(text: str, start: int) -> int:
         position = quote + 1
 
 
-@functools.lru_cache(maxsize=32)
+#: A pattern longer than this is kept out of re's own cache (512 patterns):
+#: made for one answer, it would hold a megabyte or more there for good.
+_CACHED_FORMS_CHARS = 4096
+
+
+# A few patterns kept (each of up to a few MiB, made in up to a second).
+@functools.lru_cache(maxsize=8)
 def _secret_forms(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
     """One pattern for every form of ``secrets`` that a view of a text may hold."""
     import base64  # noqa: PLC0415 (only masking needs it)
@@ -1875,7 +1881,11 @@ def _secret_forms(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
     if not forms:
         return None
     # Without regard to case: an upper-cased token or hex is as good as the real one.
-    return re.compile("|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True)), re.IGNORECASE)
+    source = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
+    pattern = re.compile(source, re.IGNORECASE)
+    if len(source) > _CACHED_FORMS_CHARS:
+        re.purge()  # the only public way to take it out of re's cache
+    return pattern
 
 
 # Kept as text, like _ESCAPES: only masking uses them.
@@ -1949,7 +1959,7 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
     return False
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=8)  # as _secret_forms
 def _wanted(secrets: tuple[str, ...]) -> frozenset[str]:
     """What _reveals looks for: each secret's views, without gaps and case, and its hex."""
     wanted = {re.sub(_GAPS, "", view.text).casefold() for secret in secrets if secret for view in _views(secret)}
@@ -1991,16 +2001,22 @@ def _decoded(run: str) -> list[str]:
 #: every form of them would cost more time and memory than a call may take.
 _MAX_SHOWN_CHARS = 64 * 1024
 #: So is every text, when the secrets to look for are longer than this all
-#: told (plex.tv's answers hold a few dozen tokens): one pattern for every
-#: form of thousands would take seconds to make.
-_MAX_SECRET_CHARS = 32 * 1024
+#: told, in UTF-8 (plex.tv's answers hold a few dozen tokens): one pattern
+#: for every form of thousands would take seconds to make, and megabytes.
+_MAX_SECRET_BYTES = 32 * 1024
+
+
+@functools.lru_cache(maxsize=8)
+def _utf8_length(secrets: tuple[str, ...]) -> int:
+    # Their forms (hex, base64) grow with their bytes, not characters.
+    return sum(len(secret.encode("utf-8", "surrogatepass")) for secret in secrets)
 
 
 def _shown(text: str, secrets: tuple[str, ...], *, keys: bool = True) -> str:
     """``text`` fit to show: masked, or withheld whole when a secret is still
     in it in a form that cannot be cut out."""
     secrets = _pieces(secrets)
-    if any(secrets) and (len(text) > _MAX_SHOWN_CHARS or sum(map(len, secrets)) > _MAX_SECRET_CHARS):
+    if any(secrets) and (len(text) > _MAX_SHOWN_CHARS or _utf8_length(secrets) > _MAX_SECRET_BYTES):
         return "***"
     if not keys and len(text) < min((len(secret) for secret in secrets if secret), default=0):
         return text  # every form of a secret is at least as long as the secret

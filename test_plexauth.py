@@ -82,7 +82,17 @@ urllib3 1.26 and 2.x.
   repr masks the secrets of every model in it, a user's own models too
   (``test_hostile__a_repr_masks_the_secrets_of_every_model_in_it``), the
   models of one answer mask one another's, a token no use as one too
-  (``test_hostile__the_models_of_one_answer_mask_one_anothers_secrets``), and a
+  (``test_hostile__the_models_of_one_answer_mask_one_anothers_secrets``), a
+  number or list under a secret key too
+  (``test_hostile__secret_keys_holding_numbers_or_lists_are_secrets_too``), in
+  the forms repr writes (``test_hostile__secrets_are_masked_as_repr_writes_them``),
+  and copies mask as their model
+  (``test_hostile__copies_mask_as_the_model_they_copy``); so do ``connect``,
+  which probes no URI holding any of them
+  (``test_connect__another_servers_token_is_neither_probed_nor_shown``), and
+  every command's output
+  (``test_cli__output_masks_every_secret_of_the_answer``); what masking keeps
+  stays bounded (``test_hostile__reprs_of_many_answers_keep_bounded_memory``); a
   text too long to look through is withheld
   (``test_hostile__a_text_too_long_to_look_through_is_withheld``), as is every
   repr of an answer with too many secrets to look for
@@ -3453,6 +3463,56 @@ def test_hostile__copies_mask_as_the_model_they_copy(httpserver: HTTPServer, con
     # The caller's token, which the request sent and no field of the first holds, is in no pickle.
     assert TOKEN.encode() not in pickle.dumps(resources[0])
     assert pickle.loads(pickle.dumps(resources)) == resources
+
+REPR_MEMORY_PROBE = r"""
+import gc, http.server, itertools, json, resource, sys, threading, tracemalloc
+import plexauth
+answers = itertools.count()
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # 100 resources, each with a token no answer before had
+        n = next(answers)
+        body = json.dumps([{"clientIdentifier": f"m{i}", "name": f"n{i}", "provides": "server",
+                            "accessToken": f"{n:06d}-{i:03d}-tok-Zq"} for i in range(100)]).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+config = plexauth.Config("test-client-0001", token="probe-token-0001",
+                         plex_tv_url=f"http://127.0.0.1:{server.server_port}/api/v2")
+shown = [repr(plexauth.get_resources(config)[0]) for _ in range(10)]  # the patterns of a few answers kept
+def vm_size():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+limit = vm_size() + 64 * 2**20
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+gc.collect()
+tracemalloc.start()
+shown += [repr(plexauth.get_resources(config)[0]) for _ in range(40)]
+gc.collect()
+kept = tracemalloc.get_traced_memory()[0]
+print(json.dumps([kept, sorted(set(text.split(", product=")[0] for text in shown))]))
+"""
+
+
+def test_hostile__reprs_of_many_answers_keep_bounded_memory() -> None:
+    """What masking works out for an answer's secrets (a pattern of about
+    140 KiB for 100 tokens) is kept for a few answers only, not in re's own
+    cache of 512: the reprs of 40 more answers leave less than 3 MiB more
+    allocated (tracemalloc; 1.2 MiB here, the eight patterns kept, which
+    replace those made before it started; 5.2 MiB before), and run in 64 MiB
+    more address space."""
+    result = subprocess.run([sys.executable, "-c", REPR_MEMORY_PROBE], capture_output=True, text=True, timeout=300,
+                            cwd=os.path.dirname(os.path.abspath(plexauth.__file__)), check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    kept, shown = json.loads(result.stdout)
+    assert shown == ["Resource(client_identifier='m0', name='n0'"]
+    assert kept < 3 * 2**20
+
 
 def test_hostile__an_answer_with_too_many_secrets_to_look_for_is_withheld(httpserver: HTTPServer,
                                                                           config: Config) -> None:
