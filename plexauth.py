@@ -3758,8 +3758,11 @@ def _save_or_print(args: Any, config: Config, token: str, data: dict[str, Any], 
         _hand_over(config, token, lambda: _write_private(args.save_token, token),
                    f"write the new token to {args.save_token}")
         _say(f"token saved to {args.save_token}")
-        if args.json:
-            _show(args, {**data, "authToken": token} if args.show_token else data, [], token=token, answer=answer)
+        if args.json and args.show_token:
+            _show(args, {**data, "authToken": token}, [], token=token, answer=answer)
+        elif args.json:  # saved, not asked for: masked wherever the server repeats it
+            args.secrets.append(token)
+            _show(args, data, [], answer=answer)
     else:
         _hand_over(config, token, lambda: _show(args, {**data, "authToken": token}, [token], token=token,
                                                 answer=answer), "print the new token")

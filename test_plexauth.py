@@ -4386,6 +4386,14 @@ def test_cli__sign_in_json_and_save_token(
     saved = tmp_path / "saved"
     code, out, _ = cli("--json", "sign-in", "--login", "me", "--save-token", str(saved))
     assert (code, "authToken" in json.loads(out), saved.read_text()) == (0, False, AUTH_TOKEN + "\n")
+    # Saved and not asked for, the new token is masked where the server repeats it.
+    httpserver.clear()
+    httpserver.expect_request("/api/v2/users/signin").respond_with_json({**ACCOUNT, "username": AUTH_TOKEN},
+                                                                        status=201)
+    code, out, _ = cli("--json", "sign-in", "--login", "me", "--save-token", str(saved))
+    assert (code, json.loads(out)["username"]) == (0, "***")
+    httpserver.clear()
+    httpserver.expect_request("/api/v2/users/signin").respond_with_json(ACCOUNT, status=201)
     code, out, _ = cli("--json", "sign-in", "--login", "me", "--save-token", str(saved), "--show-token",
                        shown=(AUTH_TOKEN,))
     assert json.loads(out)["authToken"] == AUTH_TOKEN
