@@ -38,6 +38,7 @@ import hashlib
 import http
 import http.client
 import io
+import itertools
 import json
 import logging
 import math
@@ -50,7 +51,7 @@ import threading
 import time
 import urllib.parse
 import zlib
-from typing import Any, Callable, Mapping, NoReturn, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, NoReturn, Sequence, TypeVar
 
 import urllib3
 
@@ -1103,6 +1104,8 @@ class _CallState(threading.local):
     secrets: tuple[str, ...] = ()
     # Inside a model's repr: the secrets of the models in it, for the outermost to mask.
     repr_secrets: set[str] | None = None
+    # While an output is masked: the steps its masking may still take (_masking); else -1.
+    mask_steps = -1
 
     def __init__(self) -> None:
         # The request's secrets and those of every model made of its answer so
@@ -1766,11 +1769,12 @@ def _views(text: str) -> list[_View]:
 
 @functools.lru_cache(maxsize=8)  # as _secret_forms
 def _pieces(secrets: tuple[str, ...]) -> tuple[str, ...]:
-    """``secrets`` and what else gives one away: the claims and the signature
-    of a JWT (its header is predictable, so either echoed alone rebuilds it,
-    the claims being guessable too), also in the standard base64 alphabet."""
-    found = list(secrets)
-    for secret in secrets:
+    """``secrets`` (not the empty ones) and what else gives one away: the
+    claims and the signature of a JWT (its header is predictable, so either
+    echoed alone rebuilds it, the claims being guessable too), also in the
+    standard base64 alphabet."""
+    found = [secret for secret in secrets if secret]
+    for secret in found[:]:
         parts = secret.split(".")
         if len(parts) == 3 and all(re.fullmatch("[A-Za-z0-9_-]{16,}", part) for part in parts):
             found += (form for part in (secret, *parts[1:]) for form in (part, part.translate(_STANDARD_ALPHABET)))
@@ -1788,15 +1792,50 @@ def _pieces(secrets: tuple[str, ...]) -> tuple[str, ...]:
 _STANDARD_ALPHABET = str.maketrans("-_", "+/")
 
 
+# Masking is bounded in steps (_Search), not seconds, so that what is shown
+# does not depend on the machine: a step takes 2 to 7 ns.  What is left when
+# a budget runs out is withheld.  Real answers take far less; a hostile one,
+# with megabytes of long names beside hundreds of tokens, or tokens made to
+# share long prefixes, would take minutes to hours.
+#: One text (a repr, an error, a log line): under a second.
+_TEXT_STEPS = 100_000_000
+#: A command's result, of many texts: a few seconds (a thousand servers take 0.7 billion).
+_OUTPUT_STEPS = 2_000_000_000
+
+
+@contextlib.contextmanager
+def _masking(steps: int) -> Iterator[None]:
+    """Masking inside takes ``steps`` at most, fewer if fewer are left of
+    an enclosing budget (each text of an output: the output's)."""
+    outer = _local.mask_steps
+    budget = steps if outer < 0 else min(steps, outer)
+    _local.mask_steps = budget
+    try:
+        yield
+    finally:
+        _local.mask_steps = -1 if outer < 0 else outer - (budget - _local.mask_steps)
+
+
+def _spend(steps: int) -> bool:
+    """Take ``steps`` from the output's masking budget; False when fewer are
+    left (or outside _masking: what nothing bounds is withheld)."""
+    if steps > _local.mask_steps:
+        return False
+    _local.mask_steps -= steps
+    return True
+
+
 def _mask(text: str, secrets: tuple[str, ...], *, keys: bool = True, views: list[_View] | None = None) -> str:
     """``text`` with ``secrets``, and (with ``keys``) the values of
     secret-looking keys, replaced by ``***``: raw, JSON- or XML/HTML-escaped,
     percent-encoded, in base64, or any mix of these.  ``views``: the text's, if
     worked out already."""
-    forms = _secret_forms(_pieces(tuple(secret for secret in secrets if secret)))
+    forms = _secret_forms(_pieces(secrets))
     spans: list[tuple[int, int]] = []
     for view in views or _views(text):
-        found = [match.span() for match in forms.finditer(view.text)] if forms else []
+        if forms and not _spend(forms.cost(len(view.text))):
+            return "***"  # more than this output may take: withheld whole
+        found = [match.span() for match in forms.pattern.finditer(view.text)] if forms else []
         if keys:
             # Past the text itself, only keys that were escaped count: undone
             # escapes in a value would move where it seems to end.
@@ -1860,7 +1899,7 @@ _CACHED_FORMS_CHARS = 4096
 
 # A few patterns kept (each of up to a few MiB, made in up to a second).
 @functools.lru_cache(maxsize=8)
-def _secret_forms(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
+def _secret_forms(secrets: tuple[str, ...]) -> _Search | None:
     """One pattern for every form of ``secrets`` that a view of a text may hold."""
     import base64  # noqa: PLC0415 (only masking needs it)
 
@@ -1881,11 +1920,70 @@ def _secret_forms(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
     if not forms:
         return None
     # Without regard to case: an upper-cased token or hex is as good as the real one.
-    source = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
-    pattern = re.compile(source, re.IGNORECASE)
-    if len(source) > _CACHED_FORMS_CHARS:
-        re.purge()  # the only public way to take it out of re's cache
-    return pattern
+    return _Search(set(map(_folded, forms)), re.IGNORECASE)
+
+
+def _folded(text: str) -> str:
+    """``text`` as re.IGNORECASE compares it: lower case, character by character."""
+    lower = text.lower()
+    if len(lower) == len(text):
+        return lower
+    return "".join(char if len(char.lower()) > 1 else char.lower() for char in text)  # "İ".lower() is two
+
+
+class _Search:
+    """One pattern for any of many words (the forms of secrets), and what a
+    search may cost in steps (a character compared, a branch tried): from
+    each character of the text, at most ``steps``, and no more than
+    ``branches`` beside the characters left."""
+
+    __slots__ = ("branches", "pattern", "steps")
+
+    def __init__(self, words: set[str], flags: int = 0) -> None:
+        shaped = _trie(sorted(words))
+        # Words that nest deeper than _TRIE_DEPTH were made to (real tokens
+        # are random): every text is withheld.
+        source, self.steps, self.branches = shaped or ("(?s).+", 1, 1)
+        self.pattern = re.compile(source, flags)
+        if len(source) > _CACHED_FORMS_CHARS:
+            re.purge()  # the only public way to take it out of re's cache
+
+    def cost(self, length: int) -> int:
+        """The most steps a search of a text of ``length`` characters takes."""
+        return length * min(self.steps, length + self.branches)
+
+
+#: Branchings a _Search nests at most (re's parser recurses into each; real
+#: tokens, being random, branch a few levels deep).
+_TRIE_DEPTH = 32
+
+
+def _trie(words: list[str], start: int = 0, depth: int = 0) -> tuple[str, int, int] | None:
+    """A pattern for any of ``words`` (sorted, distinct, sharing
+    ``words[0][:start]``) past ``start``, the longest preferred, and its
+    steps and branches (_Search); None past _TRIE_DEPTH.  Shaped as a trie,
+    it tries a few branches at each character: a flat alternation of
+    thousands of forms tries every one at every character of a text
+    (seconds for a long name beside an answer's hundreds of tokens)."""
+    ends = len(words[0]) == start  # sorted: the shared prefix itself comes first
+    rest = words[1:] if ends else words
+    if not rest:
+        return "", 0, 0
+    if depth >= _TRIE_DEPTH:
+        return None
+    branches, steps, tries = [], 0, 0
+    for _, group in itertools.groupby(rest, key=lambda word: word[start]):
+        same = list(group)
+        shared = len(os.path.commonprefix([same[0], same[-1]]))  # noqa: RUF071 (characters, not paths: sorted, the first and last suffice)
+        below = _trie(same, shared, depth + 1)
+        if below is None:
+            return None
+        branches.append(re.escape(same[0][start:shared]) + below[0])
+        steps, tries = max(steps, shared - start + below[1]), max(tries, below[2])
+    tried = len(branches) + ends
+    source = branches[0] if len(branches) == 1 and not ends else (
+        "(?:" + "|".join(branches) + (")?" if ends else ")"))  # greedy: the longer form first
+    return source, steps + tried, tries + tried
 
 
 # Kept as text, like _ESCAPES: only masking uses them.
@@ -1913,19 +2011,13 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
     Latin-1, UTF-8 as Latin-1), more escapes than _mask undoes, base64 or hex
     of any of these, up to _DECODE_DEPTH times over.  Past the call's
     deadline it raises _OutOfTime (through _View.unescaped)."""
-    secrets = _pieces(secrets)
-    wanted = _wanted(secrets)
-    if not wanted:
+    wanted = _wanted(_pieces(secrets))
+    if wanted is None:
         return False
-    # float, not int: int() refuses over 4300 digits.
-    numbers = [float(secret) for secret in secrets if secret.isascii() and secret.isdigit()]
     # A PIN or code of digits echoed as a number: maybe without its leading zeros, as 482.0, 4.82e2 or 1.2e+16.
-    if numbers and any(float(found) in numbers for found in re.findall(_NUMBER, text)):
+    if wanted.numbers and any(float(found) in wanted.numbers for found in re.findall(_NUMBER, text)):
         return True
     import html  # noqa: PLC0415 (only shown text is checked)
-
-    shortest = min(len(secret.encode("utf-8", "surrogatepass")) for secret in secrets if secret)
-    base64_run = _BASE64_RUN % min(max(-(-4 * shortest // 3), 6), 8)
 
     uncdata = text.replace("<![CDATA[", "").replace("]]>", "")
     untagged = re.sub(_TAGS, "", uncdata)
@@ -1945,10 +2037,10 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
             for view in candidate_views:
                 joined = re.sub(_GAPS, "", view.text)
                 folded = joined.casefold()
-                if any(secret in folded for secret in wanted):
-                    return True
+                if not _spend(wanted.texts.cost(len(folded))) or wanted.texts.pattern.search(folded):
+                    return True  # found, or more than this output may take: withheld, to be safe
                 if depth < _DECODE_DEPTH:
-                    runs.update(re.findall(base64_run, joined))
+                    runs.update(re.findall(wanted.base64_run, joined))
                     runs.update(re.findall(_HEX_RUN, joined))
             if len(candidate_views) > _UNESCAPE_PASSES:
                 return True  # escaped more times over than the views undo: withheld, to be safe
@@ -1959,13 +2051,28 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
     return False
 
 
+class _Wanted:
+    """What _reveals looks for.  (A plain class, as _Plan.)"""
+
+    __slots__ = ("base64_run", "numbers", "texts")
+
+    def __init__(self, texts: _Search, numbers: frozenset[float], base64_run: str) -> None:
+        self.texts = texts  # each secret's views, without gaps and case, and its hex
+        self.numbers = numbers  # the secrets made of digits (float, not int: int() refuses over 4300 digits)
+        self.base64_run = base64_run  # runs of base64 long enough to hold the shortest secret
+
+
 @functools.lru_cache(maxsize=8)  # as _secret_forms
-def _wanted(secrets: tuple[str, ...]) -> frozenset[str]:
-    """What _reveals looks for: each secret's views, without gaps and case, and its hex."""
-    wanted = {re.sub(_GAPS, "", view.text).casefold() for secret in secrets if secret for view in _views(secret)}
-    wanted |= {secret.encode("utf-8", "surrogatepass").hex() for secret in secrets if secret}
-    wanted.discard("")
-    return frozenset(wanted)
+def _wanted(secrets: tuple[str, ...]) -> _Wanted | None:
+    if not secrets:
+        return None
+    texts = {re.sub(_GAPS, "", view.text).casefold() for secret in secrets for view in _views(secret)}
+    texts |= {secret.encode("utf-8", "surrogatepass").hex() for secret in secrets}
+    texts.discard("")  # a secret of spaces (its hex is left)
+    numbers = frozenset(float(secret) for secret in secrets if secret.isascii() and secret.isdigit())
+    shortest = min(len(secret.encode("utf-8", "surrogatepass")) for secret in secrets)
+    base64_run = _BASE64_RUN % min(max(-(-4 * shortest // 3), 6), 8)
+    return _Wanted(_Search(texts), numbers, base64_run)
 
 
 def _readings(data: bytes) -> list[str]:
@@ -2006,24 +2113,31 @@ _MAX_SHOWN_CHARS = 64 * 1024
 _MAX_SECRET_BYTES = 32 * 1024
 
 
+# Cached, as _secret_forms: a command's result masks each of its strings with the same hundreds of secrets.
 @functools.lru_cache(maxsize=8)
 def _utf8_length(secrets: tuple[str, ...]) -> int:
     # Their forms (hex, base64) grow with their bytes, not characters.
     return sum(len(secret.encode("utf-8", "surrogatepass")) for secret in secrets)
 
 
+@functools.lru_cache(maxsize=8)
+def _shortest(secrets: tuple[str, ...]) -> int:
+    return min(map(len, secrets))
+
+
 def _shown(text: str, secrets: tuple[str, ...], *, keys: bool = True) -> str:
     """``text`` fit to show: masked, or withheld whole when a secret is still
     in it in a form that cannot be cut out."""
     secrets = _pieces(secrets)
-    if any(secrets) and (len(text) > _MAX_SHOWN_CHARS or _utf8_length(secrets) > _MAX_SECRET_BYTES):
+    if secrets and (len(text) > _MAX_SHOWN_CHARS or _utf8_length(secrets) > _MAX_SECRET_BYTES):
         return "***"
-    if not keys and len(text) < min((len(secret) for secret in secrets if secret), default=0):
+    if not keys and secrets and len(text) < _shortest(secrets):
         return text  # every form of a secret is at least as long as the secret
     try:
-        views = _views(text)
-        masked = _mask(text, secrets, keys=keys, views=views)
-        return "***" if _reveals(masked, secrets, views if masked is text else None) else masked
+        with _masking(_TEXT_STEPS):
+            views = _views(text)
+            masked = _mask(text, secrets, keys=keys, views=views)
+            return "***" if _reveals(masked, secrets, views if masked is text else None) else masked
     except _OutOfTime:
         return "***"
 
@@ -2252,21 +2366,22 @@ def _shown_error(text: str, secrets: tuple[str, ...], *, cut: bool = False) -> t
                                                                                     bytes]:
     """(message, errors, body) of an error body, fit to show; ``cut``: the
     body was read only in part, so its end may hold the start of a secret."""
-    text = _mask(text, secrets)
-    _, parsed_message, parsed = _error_details(text)
-    # What parsing made of the text (entities, comments, joined spaces) is
-    # masked again; when that, or _reveals, finds what masking the text did
-    # not, the text hides a secret where it cannot be cut out: it is withheld.
-    errors = tuple({_shown(key, secrets): _shown_value(value, secrets) for key, value in entry.items()}
-                   for entry in parsed)
-    message = None if parsed_message is None else _shown(parsed_message, secrets)
-    # A body read only in part is not kept: a secret echoed across the end of
-    # what was read is not whole there, so no masking can find it.
-    withheld = cut or errors != parsed or message != parsed_message or _reveals(text, secrets)
-    body = b"" if withheld else text.encode("utf-8")[:_KEPT_ERROR_BODY]
-    if message is not None:
-        message = message[:_KEPT_MESSAGE]  # cut after masking: a cut secret would no longer be found
-    return message, errors, body
+    with _masking(_TEXT_STEPS):  # the whole error is one text
+        text = _mask(text, secrets)
+        _, parsed_message, parsed = _error_details(text)
+        # What parsing made of the text (entities, comments, joined spaces) is
+        # masked again; when that, or _reveals, finds what masking the text did
+        # not, the text hides a secret where it cannot be cut out: it is withheld.
+        errors = tuple({_shown(key, secrets): _shown_value(value, secrets) for key, value in entry.items()}
+                       for entry in parsed)
+        message = None if parsed_message is None else _shown(parsed_message, secrets)
+        # A body read only in part is not kept: a secret echoed across the end of
+        # what was read is not whole there, so no masking can find it.
+        withheld = cut or errors != parsed or message != parsed_message or _reveals(text, secrets)
+        body = b"" if withheld else text.encode("utf-8")[:_KEPT_ERROR_BODY]
+        if message is not None:
+            message = message[:_KEPT_MESSAGE]  # cut after masking: a cut secret would no longer be found
+        return message, errors, body
 
 
 def _api_error(answer: _Answer, request: _Request) -> APIError:
@@ -3781,8 +3896,10 @@ def _show(args: Any, data: dict[str, Any], lines: list[str], *, token: str | Non
     command was asked to print (it may hold a PIN's digits)."""
     secrets = tuple(secret for secret in (*args.secrets, *_answer_secrets(*answer)) if secret != token)
     # Each string on its own, before JSON escapes multiply it; JSON escapes control characters itself.
-    _emit(sys.stdout, json.dumps(_masked(data, secrets, token), indent=2, default=str) if args.json
-          else "\n".join(_printable(line) for line in _masked(lines, secrets, token)))
+    with _masking(_OUTPUT_STEPS):  # one budget for the whole result: past it, what is left is withheld
+        shown = json.dumps(_masked(data, secrets, token), indent=2, default=str) if args.json else "\n".join(
+            _printable(line) for line in _masked(lines, secrets, token))
+    _emit(sys.stdout, shown)
 
 
 def _masked(value: _T, secrets: tuple[str, ...], token: str | None = None) -> _T:

@@ -78,7 +78,9 @@ urllib3 1.26 and 2.x.
   JSON, XML, HTML or UTF-16, leaves no trace
   (``test_hostile__echoed_secrets_are_masked_in_every_form``), nor does a
   password beyond Latin-1 echoed in UTF-16
-  (``test_hostile__utf16_echo_of_a_password_beyond_latin1_is_withheld``); a
+  (``test_hostile__utf16_echo_of_a_password_beyond_latin1_is_withheld``), nor
+  one with a dotted capital I echoed in either case
+  (``test_hostile__a_password_with_a_dotted_capital_i_is_masked_in_either_case``); a
   repr masks the secrets of every model in it, a user's own models too
   (``test_hostile__a_repr_masks_the_secrets_of_every_model_in_it``), the
   models of one answer mask one another's, a token no use as one too
@@ -96,7 +98,15 @@ urllib3 1.26 and 2.x.
   text too long to look through is withheld
   (``test_hostile__a_text_too_long_to_look_through_is_withheld``), as is every
   repr of an answer with too many secrets to look for
-  (``test_hostile__an_answer_with_too_many_secrets_to_look_for_is_withheld``); nor do
+  (``test_hostile__an_answer_with_too_many_secrets_to_look_for_is_withheld``) or
+  with tokens made to nest deep
+  (``test_hostile__tokens_made_to_nest_deep_withhold_every_text``); masking
+  keeps to a budget of steps, withholding texts that would cost seconds each
+  (``test_hostile__masking_keeps_each_text_to_a_budget``) and what is left of
+  a command's result past its own
+  (``test_hostile__masking_keeps_a_commands_result_to_a_budget``), and shows a
+  thousand servers whole within it
+  (``test_hostile__a_large_account_is_shown_whole_within_the_budget``); nor do
   secrets in status lines and header lines
   (``test_hostile__secrets_in_status_and_header_lines_reach_no_log_and_no_exception``);
   a redirect to an address holding the token is not followed
@@ -213,6 +223,7 @@ import logging
 import math
 import os
 import pickle
+import random
 import re
 import selectors
 import shutil
@@ -3376,6 +3387,18 @@ def test_hostile__utf16_echo_of_a_password_beyond_latin1_is_withheld(fault_serve
     assert info.value.body == b""
 
 
+def test_hostile__a_password_with_a_dotted_capital_i_is_masked_in_either_case(fault_server: Any) -> None:
+    # "İ".lower() is two characters; re matches "İ" and "i" regardless of case, as the echo needs.
+    password = "\u0130stanbul-\u015fifre-42"
+    message = f"bad password {password}, or {password.upper()}"
+    echoed = json.dumps({"errors": [{"code": 1001, "message": message}]}, ensure_ascii=False).encode()
+    server = fault_server(answer(http_answer(401, echoed)))
+    with raises(UnauthorizedError) as info:
+        plexauth.post_users_sign_in_data(hostile_config(server.port), "me", password)
+    sweep(info.value, (password,))
+    assert info.value.message == "bad password ***, or ***"
+
+
 def test_hostile__a_repr_masks_the_secrets_of_every_model_in_it(fault_server: Any) -> None:
     echoed = {**json.loads(account_of("echo")), "services": [{"identifier": TOKEN}]}
     server = fault_server(answer(http_answer(200, json.dumps(echoed).encode())))
@@ -3531,6 +3554,74 @@ def test_hostile__a_text_too_long_to_look_through_is_withheld(fault_server: Any)
     account = plexauth.get_token_details(hostile_config(server.port))
     assert account.title == blob
     assert repr(account) == "***"
+
+
+def servers_answer(tokens: list[str], names: list[str]) -> list[dict[str, Any]]:
+    """plex.tv's resources: one server for each token, named by ``names`` then n<i>."""
+    return [{"clientIdentifier": f"m{i}", "name": names[i] if i < len(names) else f"n{i}", "provides": "server",
+             "accessToken": token} for i, token in enumerate(tokens)]
+
+
+def test_hostile__masking_keeps_each_text_to_a_budget(httpserver: HTTPServer, config: Config, cli: Any,
+                                                      token_env: None) -> None:
+    """A token made to share a long prefix with 40 long names would cost
+    masking about 30 000 × 16 000 character comparisons for each name
+    (seconds each, about 100 s for the command's result and a repr of each
+    server, before the budget): each name is withheld at once, from a repr
+    and from the command's result, while the other servers' names show."""
+    long_names = ["a" * 30_000] * 40
+    answer = servers_answer(["a" * 16_000 + "b"] + [f"tok-{i:04d}-Zq" for i in range(1, 50)], long_names)
+    httpserver.expect_request("/api/v2/resources").respond_with_json(answer)
+    started = time.monotonic()
+    shown = [repr(resource) for resource in plexauth.get_resources(config)]
+    code, out, _ = cli("servers", "--json")
+    assert time.monotonic() - started < 20  # about 1 s here
+    assert shown[:40] == ["***"] * 40
+    assert shown[40].startswith("Resource(client_identifier='m40', name='n40'")
+    names = [server["name"] for server in json.loads(out)["servers"]]
+    assert (code, names) == (0, ["***"] * 40 + [f"n{i}" for i in range(40, 50)])
+
+
+def test_hostile__masking_keeps_a_commands_result_to_a_budget(httpserver: HTTPServer, cli: Any,
+                                                              token_env: None) -> None:
+    """60 names that each fit a text's budget, beside a token made to share
+    their prefix, but not the result's in all: the first are shown whole,
+    then, the budget spent, the rest are withheld at once, while the short
+    names of the last servers, which cost next to nothing, still show."""
+    names = ["~" * 3_000] * 60 + [f"server n{i} of a friend" for i in range(60, 70)]
+    httpserver.expect_request("/api/v2/resources").respond_with_json(
+        servers_answer(["~" * 16_000 + "b"] + [f"tok-{i:04d}-Zq" for i in range(1, 70)], names))
+    code, out, _ = cli("servers", "--json")
+    shown = [server["name"] for server in json.loads(out)["servers"]]
+    whole = shown.index("***")
+    assert 0 < whole < 60  # 20 here
+    assert (code, shown) == (0, names[:whole] + ["***"] * (60 - whole) + names[60:])
+
+
+def test_hostile__tokens_made_to_nest_deep_withhold_every_text(httpserver: HTTPServer, config: Config) -> None:
+    # Each token one "a" longer than the last: looking for all of them would nest 40 deep (re's parser recurses).
+    httpserver.expect_request("/api/v2/resources").respond_with_json(
+        servers_answer(["a" * i + "b" for i in range(1, 41)], []))
+    resources = plexauth.get_resources(config)
+    assert [resource.name for resource in resources[:2]] == ["n0", "n1"]
+    assert repr(resources[0]) == "***"
+
+
+def test_hostile__a_large_account_is_shown_whole_within_the_budget(httpserver: HTTPServer, cli: Any,
+                                                                   token_env: None) -> None:
+    # 1 000 servers, each with its own random token, three connections and a longer name: none withheld.
+    rng = random.Random(7)
+    tokens = ["".join(rng.choices(string.ascii_letters + string.digits + "-_", k=24)) for _ in range(1000)]
+    answer = servers_answer(tokens, [f"Server {i} of a friend's, in the living room" for i in range(1000)])
+    for i, server in enumerate(answer):
+        server["connections"] = [{"uri": f"https://10-0-{i // 250}-{i % 250}.{rng.getrandbits(128):032x}.plex.direct"
+                                         f":32400", "protocol": "https", "local": True}] * 3
+    httpserver.expect_request("/api/v2/resources").respond_with_json(answer)
+    code, out, _ = cli("servers", "--json")
+    servers = json.loads(out)["servers"]
+    assert (code, [server["name"] for server in servers]) == (0, [server["name"] for server in answer])
+    assert [server["connections"][2]["uri"] for server in servers] == [server["connections"][2]["uri"]
+                                                                       for server in answer]
 
 
 def test_hostile__lone_surrogates_become_replacement_characters(bodies_server: Any) -> None:
