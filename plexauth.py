@@ -441,10 +441,20 @@ def _time(value: Any) -> datetime.datetime | None:
 
 def _token(value: Any) -> str | None:
     """A token: text that can travel in a header (none other can be used, or
-    revoked).  A pending PIN's token is null in JSON and "" in XML."""
+    revoked).  A pending PIN's token is null in JSON and "" in XML.  One that
+    holds a secret the request sent, in any case, is refused (_Invalid): the
+    command line prints a new token when asked, and would print it too."""
     if not isinstance(value, str) or not value.strip() or _CONTROL_CHARS.search(value) or not _is_text(value):
         return None
+    folded = value.casefold()
+    for secret in _local.secrets:
+        # Not a Home PIN: a token holds four given digits by chance once in a million or so.
+        if len(secret) >= _CONTAINED_SECRET_CHARS and secret.casefold() in folded and secret.casefold() != folded:
+            raise _Invalid("a token in it holds a secret the request sent (its password, code or token)")
     return value
+
+
+_CONTAINED_SECRET_CHARS = 6
 
 
 def _pin_token(value: Any) -> str | None:

@@ -159,6 +159,10 @@ urllib3 1.26 and 2.x.
   revoked, counted by the server
   (``test_signin__a_token_in_an_answer_that_cannot_be_used_is_revoked``), or
   that says it could not be (``test_signin__a_token_that_cannot_be_revoked_is_said_so``);
+  so is a token made of the password, code or token sent, in any case
+  (``test_signin__a_new_token_that_holds_a_secret_of_the_request_is_refused``),
+  while the token used, given back, is taken
+  (``test_account__the_token_used_given_back_is_taken``);
   a token that cannot travel in a header is refused
   (``test_signin__a_token_that_cannot_travel_in_a_header_is_refused``).
 - **More from the attack round**: unasked bytes waiting inside TLS
@@ -2129,6 +2133,37 @@ def test_signin__a_token_in_an_answer_that_cannot_be_used_is_revoked(fault_serve
         plexauth.post_users_sign_in_data(hostile_config(server.port), "me", PASSWORD)
     assert info.value.reason == "the body is not valid UTF-8; the new token in it was revoked"
     assert revoked == [AUTH_TOKEN]
+
+
+@pytest.mark.parametrize("made", [f"tok-{PASSWORD}-en", f"{TOKEN.lower()}2", f"x{CODE}"])
+def test_signin__a_new_token_that_holds_a_secret_of_the_request_is_refused(fault_server: Any, made: str) -> None:
+    """A token made of the password, the code or the token used would show
+    it wherever the token is shown (the command line prints a new one when
+    asked): refused, and revoked; the token itself, given back, is no such token."""
+    revoked: list[str] = []
+
+    def script(conn: socket.socket, request: Incoming) -> bool:
+        if request.method == "DELETE":
+            revoked.append(request.headers["x-plex-token"])
+            conn.sendall(http_answer(204))
+        else:
+            conn.sendall(http_answer(201, json.dumps({"id": 1, "uuid": "u", "username": "me",
+                                                      "authToken": made}).encode()))
+        return True
+
+    server = fault_server(keep_alive(script))
+    config = dataclasses.replace(hostile_config(server.port), token=TOKEN)
+    with raises(ResponseError) as info:
+        plexauth.post_users_sign_in_data(config, "me", PASSWORD, verification_code=CODE)
+    sweep(info.value, (*CANARIES, made))
+    assert info.value.reason == ("a token in it holds a secret the request sent (its password, code or token); "
+                                 "the new token in it was revoked")
+    assert revoked == [made.encode().decode("latin-1")]  # as the raw server reads the header's bytes
+
+
+def test_account__the_token_used_given_back_is_taken(httpserver: HTTPServer, config: Config) -> None:
+    httpserver.expect_request("/api/v2/user").respond_with_json({**ACCOUNT, "authToken": TOKEN})
+    assert plexauth.get_token_details(config).auth_token == TOKEN
 
 
 @pytest.mark.parametrize("token", ["NEW\tTOKEN", " ", "NEW\nX-Evil: 1"])
