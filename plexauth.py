@@ -1845,7 +1845,11 @@ def _mask(text: str, secrets: tuple[str, ...], *, keys: bool = True, views: list
     for view in views or _views(text):
         if forms and not _spend(forms.cost(len(view.text))):
             return "***"  # more than this output may take: withheld whole
-        found = [match.span() for match in forms.pattern.finditer(view.text)] if forms else []
+        # Folded (as the forms are), not re.IGNORECASE: re takes the first
+        # branch that matches, and case-equal letters (sigma and final sigma) in
+        # two branches would let a shorter secret end a match before a longer
+        # one that starts alike (and cost a search of every branch).
+        found = [match.span() for match in forms.pattern.finditer(_folded(view.text))] if forms else []
         if keys:
             # Past the text itself, only keys that were escaped count: undone
             # escapes in a value would move where it seems to end.
@@ -1930,15 +1934,24 @@ def _secret_forms(secrets: tuple[str, ...]) -> _Search | None:
     if not forms:
         return None
     # Without regard to case: an upper-cased token or hex is as good as the real one.
-    return _Search(set(map(_folded, forms)), re.IGNORECASE)
+    return _Search(set(map(_folded, forms)))
 
 
 def _folded(text: str) -> str:
-    """``text`` as re.IGNORECASE compares it: lower case, character by character."""
-    lower = text.lower()
-    if len(lower) == len(text):
-        return lower
-    return "".join(char if len(char.lower()) > 1 else char.lower() for char in text)  # "İ".lower() is two
+    """``text`` with every letter as _fold_char gives it: as long as ``text``,
+    so that where a form is found in it is where it is in ``text``."""
+    return text.lower() if text.isascii() else "".join(map(_fold_char, text))
+
+
+@functools.lru_cache(maxsize=4096)
+def _fold_char(char: str) -> str:
+    """One character for ``char`` and every other that differs from it only
+    in case: s for S and the long s; sigma for its capital and final forms;
+    i for I, the dotless i and the dotted capital I; k for the Kelvin sign."""
+    for form in (char.upper().lower(), char.lower()):
+        if len(form) == 1:
+            return form
+    return char.lower()[0]  # "İ": an i and a combining dot
 
 
 class _Search:
@@ -1949,12 +1962,12 @@ class _Search:
 
     __slots__ = ("branches", "pattern", "steps")
 
-    def __init__(self, words: set[str], flags: int = 0) -> None:
+    def __init__(self, words: set[str]) -> None:
         shaped = _trie(sorted(words))
         # Words that nest deeper than _TRIE_DEPTH were made to (real tokens
         # are random): every text is withheld.
         source, self.steps, self.branches = shaped or ("(?s).+", 1, 1)
-        self.pattern = re.compile(source, flags)
+        self.pattern = re.compile(source)
         if len(source) > _CACHED_FORMS_CHARS:
             re.purge()  # the only public way to take it out of re's cache
 

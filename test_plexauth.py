@@ -80,7 +80,9 @@ urllib3 1.26 and 2.x.
   password beyond Latin-1 echoed in UTF-16
   (``test_hostile__utf16_echo_of_a_password_beyond_latin1_is_withheld``), nor
   one with a dotted capital I echoed in either case
-  (``test_hostile__a_password_with_a_dotted_capital_i_is_masked_in_either_case``); a
+  (``test_hostile__a_password_with_a_dotted_capital_i_is_masked_in_either_case``),
+  nor one whose start the server made a token of
+  (``test_hostile__a_token_that_starts_a_password_masks_none_of_it``); a
   repr masks the secrets of every model in it, a user's own models too
   (``test_hostile__a_repr_masks_the_secrets_of_every_model_in_it``), the
   models of one answer mask one another's, a token no use as one too
@@ -104,7 +106,9 @@ urllib3 1.26 and 2.x.
   keeps to a budget of steps, withholding texts that would cost seconds each
   (``test_hostile__masking_keeps_each_text_to_a_budget``) and what is left of
   a command's result past its own
-  (``test_hostile__masking_keeps_a_commands_result_to_a_budget``), and shows a
+  (``test_hostile__masking_keeps_a_commands_result_to_a_budget``), as
+  tokens that differ only in case cost it no more
+  (``test_hostile__tokens_that_differ_only_in_case_cost_masking_no_more``), and shows a
   thousand servers whole within it
   (``test_hostile__a_large_account_is_shown_whole_within_the_budget``); nor do
   secrets in status lines and header lines
@@ -222,6 +226,7 @@ import http
 import http.server
 import inspect
 import io
+import itertools
 import json
 import logging
 import math
@@ -3434,6 +3439,21 @@ def test_hostile__a_password_with_a_dotted_capital_i_is_masked_in_either_case(fa
     assert info.value.message == "bad password ***, or ***"
 
 
+@pytest.mark.parametrize(("token", "password"), [("\u03a4\u0391\u03a3", "\u03a4\u0391\u03a3\u039f\u03a3-1987-Ath"),
+                                               ("pari", "par\u0131l12345"), ("sa", "\u017fabcdefgh")])
+def test_hostile__a_token_that_starts_a_password_masks_none_of_it(httpserver: HTTPServer, config: Config,
+                                                                   token: str, password: str) -> None:
+    """A token the server makes of the start of the password (up to a
+    letter that case makes another: a final sigma, a dotless i, a long s)
+    must not end the password's mask where it ends, in any case."""
+    httpserver.expect_request("/api/v2/users/signin", method="POST").respond_with_data(
+        json.dumps({"id": 1, "uuid": "u", "username": "me", "authToken": token,
+                    "title": f"{password} / {password.upper()} / {password.lower()}"}, ensure_ascii=False),
+        status=201, content_type="application/json")
+    account = plexauth.post_users_sign_in_data(config, "me", password)
+    assert "title='*** / *** / ***'" in repr(account)
+
+
 def test_hostile__a_repr_masks_the_secrets_of_every_model_in_it(fault_server: Any) -> None:
     echoed = {**json.loads(account_of("echo")), "services": [{"identifier": TOKEN}]}
     server = fault_server(answer(http_answer(200, json.dumps(echoed).encode())))
@@ -3631,6 +3651,21 @@ def test_hostile__masking_keeps_a_commands_result_to_a_budget(httpserver: HTTPSe
     whole = shown.index("***")
     assert 0 < whole < 60  # 20 here
     assert (code, shown) == (0, names[:whole] + ["***"] * (60 - whole) + names[60:])
+
+
+def test_hostile__tokens_that_differ_only_in_case_cost_masking_no_more(httpserver: HTTPServer, cli: Any,
+                                                                       token_env: None) -> None:
+    """1 024 tokens of i and dotless i (one letter to re.IGNORECASE), beside
+    400 names of 1 900 i's: searched without regard to case, every branch of
+    the pattern matched at every character (about 30 s for the command
+    here); folded first, one does."""
+    tokens = ["".join(letters) + "x" for letters in itertools.product("i\u0131", repeat=10)]
+    httpserver.expect_request("/api/v2/resources").respond_with_json(
+        servers_answer(tokens, ["i" * 1_900] * 400))
+    started = time.monotonic()
+    code, out, _ = cli("servers", "--json")
+    assert time.monotonic() - started < 15  # about 2 s here
+    assert (code, [server["name"] for server in json.loads(out)["servers"]][399:401]) == (0, ["i" * 1_900, "n400"])
 
 
 def test_hostile__tokens_made_to_nest_deep_withhold_every_text(httpserver: HTTPServer, config: Config) -> None:
