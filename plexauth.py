@@ -441,20 +441,38 @@ def _time(value: Any) -> datetime.datetime | None:
 
 def _token(value: Any) -> str | None:
     """A token: text that can travel in a header (none other can be used, or
-    revoked).  A pending PIN's token is null in JSON and "" in XML.  One that
-    holds a secret the request sent, in any case, is refused (_Invalid): the
-    command line prints a new token when asked, and would print it too."""
+    revoked).  A pending PIN's token is null in JSON and "" in XML."""
     if not isinstance(value, str) or not value.strip() or _CONTROL_CHARS.search(value) or not _is_text(value):
         return None
-    folded = value.casefold()
-    for secret in _local.secrets:
-        # Not a Home PIN: a token holds four given digits by chance once in a million or so.
-        if len(secret) >= _CONTAINED_SECRET_CHARS and secret.casefold() in folded and secret.casefold() != folded:
-            raise _Invalid("a token in it holds a secret the request sent (its password, code or token)")
+    if _made_of_secrets(value):
+        raise _Invalid("a token in it holds a secret the request sent (its password, code or token)")
     return value
 
 
+#: Secrets shorter than this (a Home PIN) are not looked for in tokens: a
+#: random token holds four given digits about once in a million.
 _CONTAINED_SECRET_CHARS = 6
+
+
+def _made_of_secrets(token: str) -> bool:
+    """Whether ``token``, sent in an answer, holds a secret its request sent:
+    the command line prints a new token when asked, and would print that
+    secret with it.  The token sent may come back (the account call gives it
+    back), but not inside another; the others count in any form masking
+    finds (raw, in any case, escaped, in base64 or hex...)."""
+    if not _local.secrets:  # outside a call
+        return False
+    sent, *others = _local.secrets
+    folded, sent_folded = token.casefold(), sent.casefold()
+    if len(sent) >= _CONTAINED_SECRET_CHARS and sent_folded in folded and folded != sent_folded:
+        return True
+    others = [secret for secret in others if len(secret) >= _CONTAINED_SECRET_CHARS]
+    if not others:
+        return False
+    # What _mask finds, not what _reveals cannot rule out: a long token (a
+    # JWT with many claims) is more than it reads through, and would be refused.
+    with _masking(_TEXT_STEPS):
+        return _mask(token, tuple(others), keys=False) != token
 
 
 def _pin_token(value: Any) -> str | None:

@@ -163,7 +163,8 @@ urllib3 1.26 and 2.x.
   revoked, counted by the server
   (``test_signin__a_token_in_an_answer_that_cannot_be_used_is_revoked``), or
   that says it could not be (``test_signin__a_token_that_cannot_be_revoked_is_said_so``);
-  so is a token made of the password, code or token sent, in any case
+  so is a token made of the password, code or token sent, in any case or
+  form masking finds
   (``test_signin__a_new_token_that_holds_a_secret_of_the_request_is_refused``),
   while the token used, given back, is taken
   (``test_account__the_token_used_given_back_is_taken``);
@@ -2140,11 +2141,15 @@ def test_signin__a_token_in_an_answer_that_cannot_be_used_is_revoked(fault_serve
     assert revoked == [AUTH_TOKEN]
 
 
-@pytest.mark.parametrize("made", [f"tok-{PASSWORD}-en", f"{TOKEN.lower()}2", f"x{CODE}"])
+@pytest.mark.parametrize("made", [f"tok-{PASSWORD}-en", f"{TOKEN.lower()}2", f"x{CODE}", PASSWORD, CODE.lower(),
+                                  base64.b64encode(PASSWORD.encode()).decode(), f"t{PASSWORD.encode().hex()}",
+                                  urllib.parse.quote(PASSWORD)])
 def test_signin__a_new_token_that_holds_a_secret_of_the_request_is_refused(fault_server: Any, made: str) -> None:
     """A token made of the password, the code or the token used would show
     it wherever the token is shown (the command line prints a new one when
-    asked): refused, and revoked; the token itself, given back, is no such token."""
+    asked): refused, and revoked; the password or code also when the token
+    is one of them, or holds them in a form masking finds (in base64, hex,
+    percent-encoded); the token used, given back whole, is no such token."""
     revoked: list[str] = []
 
     def script(conn: socket.socket, request: Incoming) -> bool:
