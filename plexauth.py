@@ -455,24 +455,23 @@ _CONTAINED_SECRET_CHARS = 6
 
 
 def _made_of_secrets(token: str) -> bool:
-    """Whether ``token``, sent in an answer, holds a secret its request sent:
-    the command line prints a new token when asked, and would print that
-    secret with it.  The token sent may come back (the account call gives it
-    back), but not inside another; the others count in any form masking
-    finds (raw, in any case, escaped, in base64 or hex...)."""
+    """Whether ``token``, sent in an answer, holds a secret its request sent,
+    in any form masking finds (raw, in any case, escaped, in base64 or
+    hex...): the command line prints a new token when asked, and would print
+    that secret with it.  The token sent may come back whole (the account
+    call gives it back), but not inside another."""
     if not _local.secrets:  # outside a call
         return False
     sent, *others = _local.secrets
-    folded, sent_folded = token.casefold(), sent.casefold()
-    if len(sent) >= _CONTAINED_SECRET_CHARS and sent_folded in folded and folded != sent_folded:
-        return True
-    others = [secret for secret in others if len(secret) >= _CONTAINED_SECRET_CHARS]
-    if not others:
+    if _folded(token) != _folded(sent):
+        others.append(sent)
+    looked_for = tuple(secret for secret in others if len(secret) >= _CONTAINED_SECRET_CHARS)
+    if not looked_for:
         return False
     # What _mask finds, not what _reveals cannot rule out: a long token (a
     # JWT with many claims) is more than it reads through, and would be refused.
     with _masking(_TEXT_STEPS):
-        return _mask(token, tuple(others), keys=False) != token
+        return _mask(token, looked_for, keys=False) != token
 
 
 def _pin_token(value: Any) -> str | None:
