@@ -2122,19 +2122,25 @@ def test_post_users_sign_in_data__sent_once(
     assert len(httpserver.log) == 1
 
 
-def test_signin__a_token_in_an_answer_that_cannot_be_used_is_revoked(fault_server: Any) -> None:
+def revoking_signin_server(fault_server: Any, body: bytes) -> tuple[Any, list[str]]:
+    """A plex.tv whose sign-in answers ``body`` (201), and the tokens its sign-out (DELETE) was sent."""
     revoked: list[str] = []
 
     def script(conn: socket.socket, request: Incoming) -> bool:
         if request.method == "DELETE":
             revoked.append(request.headers["x-plex-token"])
             conn.sendall(http_answer(204))
-        else:  # a new token, in an answer that breaks the model, in bytes that are not UTF-8
-            conn.sendall(http_answer(201, b'{"id": "one", "uuid": "u\xff", "username": "me", "authToken": "'
-                                     + AUTH_TOKEN.encode() + b'"}'))
+        else:
+            conn.sendall(http_answer(201, body))
         return True
 
-    server = fault_server(keep_alive(script))
+    return fault_server(keep_alive(script)), revoked
+
+
+def test_signin__a_token_in_an_answer_that_cannot_be_used_is_revoked(fault_server: Any) -> None:
+    # A new token, in an answer that breaks the model, in bytes that are not UTF-8.
+    server, revoked = revoking_signin_server(
+        fault_server, b'{"id": "one", "uuid": "u\xff", "username": "me", "authToken": "' + AUTH_TOKEN.encode() + b'"}')
     with raises(ResponseError) as info:
         plexauth.post_users_sign_in_data(hostile_config(server.port), "me", PASSWORD)
     assert info.value.reason == "the body is not valid UTF-8; the new token in it was revoked"
@@ -2150,18 +2156,8 @@ def test_signin__a_new_token_that_holds_a_secret_of_the_request_is_refused(fault
     asked): refused, and revoked; the password or code also when the token
     is one of them, or holds them in a form masking finds (in base64, hex,
     percent-encoded); the token used, given back whole, is no such token."""
-    revoked: list[str] = []
-
-    def script(conn: socket.socket, request: Incoming) -> bool:
-        if request.method == "DELETE":
-            revoked.append(request.headers["x-plex-token"])
-            conn.sendall(http_answer(204))
-        else:
-            conn.sendall(http_answer(201, json.dumps({"id": 1, "uuid": "u", "username": "me",
-                                                      "authToken": made}).encode()))
-        return True
-
-    server = fault_server(keep_alive(script))
+    server, revoked = revoking_signin_server(
+        fault_server, json.dumps({"id": 1, "uuid": "u", "username": "me", "authToken": made}).encode())
     config = dataclasses.replace(hostile_config(server.port), token=TOKEN)
     with raises(ResponseError) as info:
         plexauth.post_users_sign_in_data(config, "me", PASSWORD, verification_code=CODE)
@@ -3616,10 +3612,21 @@ def test_hostile__a_text_too_long_to_look_through_is_withheld(fault_server: Any)
     assert repr(account) == "***"
 
 
-def servers_answer(tokens: list[str], names: list[str]) -> list[dict[str, Any]]:
-    """plex.tv's resources: one server for each token, named by ``names`` then n<i>."""
-    return [{"clientIdentifier": f"m{i}", "name": names[i] if i < len(names) else f"n{i}", "provides": "server",
-             "accessToken": token} for i, token in enumerate(tokens)]
+def serve_servers(httpserver: HTTPServer, tokens: list[str], names: list[str],
+                  connections: Callable[[int], list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """plex.tv's resources, served: one server for each token, named by
+    ``names`` then n<i>, with ``connections(i)`` if given."""
+    answer = [{"clientIdentifier": f"m{i}", "name": names[i] if i < len(names) else f"n{i}", "provides": "server",
+               "accessToken": token, **({"connections": connections(i)} if connections else {})}
+              for i, token in enumerate(tokens)]
+    httpserver.expect_request("/api/v2/resources").respond_with_json(answer)
+    return answer
+
+
+def servers_json(cli: Any) -> tuple[int, list[dict[str, Any]]]:
+    """``plexauth servers --json``: its exit code and the servers it shows."""
+    code, out, _ = cli("servers", "--json")
+    return code, json.loads(out)["servers"]
 
 
 def test_hostile__masking_keeps_each_text_to_a_budget(httpserver: HTTPServer, config: Config, cli: Any,
@@ -3629,17 +3636,14 @@ def test_hostile__masking_keeps_each_text_to_a_budget(httpserver: HTTPServer, co
     (seconds each, about 100 s for the command's result and a repr of each
     server, before the budget): each name is withheld at once, from a repr
     and from the command's result, while the other servers' names show."""
-    long_names = ["a" * 30_000] * 40
-    answer = servers_answer(["a" * 16_000 + "b"] + [f"tok-{i:04d}-Zq" for i in range(1, 50)], long_names)
-    httpserver.expect_request("/api/v2/resources").respond_with_json(answer)
+    serve_servers(httpserver, ["a" * 16_000 + "b"] + [f"tok-{i:04d}-Zq" for i in range(1, 50)], ["a" * 30_000] * 40)
     started = time.monotonic()
     shown = [repr(resource) for resource in plexauth.get_resources(config)]
-    code, out, _ = cli("servers", "--json")
+    code, servers = servers_json(cli)
     assert time.monotonic() - started < 20  # about 1 s here
     assert shown[:40] == ["***"] * 40
     assert shown[40].startswith("Resource(client_identifier='m40', name='n40'")
-    names = [server["name"] for server in json.loads(out)["servers"]]
-    assert (code, names) == (0, ["***"] * 40 + [f"n{i}" for i in range(40, 50)])
+    assert (code, [server["name"] for server in servers]) == (0, ["***"] * 40 + [f"n{i}" for i in range(40, 50)])
 
 
 def test_hostile__masking_keeps_a_commands_result_to_a_budget(httpserver: HTTPServer, cli: Any,
@@ -3649,10 +3653,9 @@ def test_hostile__masking_keeps_a_commands_result_to_a_budget(httpserver: HTTPSe
     then, the budget spent, the rest are withheld at once, while the short
     names of the last servers, which cost next to nothing, still show."""
     names = ["~" * 3_000] * 60 + [f"server n{i} of a friend" for i in range(60, 70)]
-    httpserver.expect_request("/api/v2/resources").respond_with_json(
-        servers_answer(["~" * 16_000 + "b"] + [f"tok-{i:04d}-Zq" for i in range(1, 70)], names))
-    code, out, _ = cli("servers", "--json")
-    shown = [server["name"] for server in json.loads(out)["servers"]]
+    serve_servers(httpserver, ["~" * 16_000 + "b"] + [f"tok-{i:04d}-Zq" for i in range(1, 70)], names)
+    code, servers = servers_json(cli)
+    shown = [server["name"] for server in servers]
     whole = shown.index("***")
     assert 0 < whole < 60  # 20 here
     assert (code, shown) == (0, names[:whole] + ["***"] * (60 - whole) + names[60:])
@@ -3665,18 +3668,16 @@ def test_hostile__tokens_that_differ_only_in_case_cost_masking_no_more(httpserve
     the pattern matched at every character (about 30 s for the command
     here); folded first, one does."""
     tokens = ["".join(letters) + "x" for letters in itertools.product("i\u0131", repeat=10)]
-    httpserver.expect_request("/api/v2/resources").respond_with_json(
-        servers_answer(tokens, ["i" * 1_900] * 400))
+    serve_servers(httpserver, tokens, ["i" * 1_900] * 400)
     started = time.monotonic()
-    code, out, _ = cli("servers", "--json")
+    code, servers = servers_json(cli)
     assert time.monotonic() - started < 15  # about 2 s here
-    assert (code, [server["name"] for server in json.loads(out)["servers"]][399:401]) == (0, ["i" * 1_900, "n400"])
+    assert (code, [server["name"] for server in servers][399:401]) == (0, ["i" * 1_900, "n400"])
 
 
 def test_hostile__tokens_made_to_nest_deep_withhold_every_text(httpserver: HTTPServer, config: Config) -> None:
     # Each token one "a" longer than the last: looking for all of them would nest 40 deep (re's parser recurses).
-    httpserver.expect_request("/api/v2/resources").respond_with_json(
-        servers_answer(["a" * i + "b" for i in range(1, 41)], []))
+    serve_servers(httpserver, ["a" * i + "b" for i in range(1, 41)], [])
     resources = plexauth.get_resources(config)
     assert [resource.name for resource in resources[:2]] == ["n0", "n1"]
     assert repr(resources[0]) == "***"
@@ -3687,13 +3688,10 @@ def test_hostile__a_large_account_is_shown_whole_within_the_budget(httpserver: H
     # 1 000 servers, each with its own random token, three connections and a longer name: none withheld.
     rng = random.Random(7)
     tokens = ["".join(rng.choices(string.ascii_letters + string.digits + "-_", k=24)) for _ in range(1000)]
-    answer = servers_answer(tokens, [f"Server {i} of a friend's, in the living room" for i in range(1000)])
-    for i, server in enumerate(answer):
-        server["connections"] = [{"uri": f"https://10-0-{i // 250}-{i % 250}.{rng.getrandbits(128):032x}.plex.direct"
-                                         f":32400", "protocol": "https", "local": True}] * 3
-    httpserver.expect_request("/api/v2/resources").respond_with_json(answer)
-    code, out, _ = cli("servers", "--json")
-    servers = json.loads(out)["servers"]
+    answer = serve_servers(httpserver, tokens, [f"Server {i} of a friend's, in the living room" for i in range(1000)],
+                           lambda i: [{"uri": f"https://10-0-{i // 250}-{i % 250}.{rng.getrandbits(128):032x}"
+                                              f".plex.direct:32400", "protocol": "https", "local": True}] * 3)
+    code, servers = servers_json(cli)
     assert (code, [server["name"] for server in servers]) == (0, [server["name"] for server in answer])
     assert [server["connections"][2]["uri"] for server in servers] == [server["connections"][2]["uri"]
                                                                        for server in answer]
