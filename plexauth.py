@@ -455,21 +455,26 @@ _CONTAINED_SECRET_CHARS = 6
 
 
 def _made_of_secrets(token: str) -> bool:
-    """Whether ``token``, sent in an answer, holds a secret its request sent,
-    in any form masking finds (raw, in any case, escaped, in base64 or
-    hex...): the command line prints a new token when asked, and would print
-    that secret with it.  The token sent may come back whole (the account
-    call gives it back), but not inside another."""
+    """Whether ``token``, sent in an answer, holds a secret its request sent:
+    the command line prints a new token when asked, and would print that
+    secret with it.  The token sent may come back whole (the account call
+    gives it back), but not inside another."""
     if not _local.secrets:  # outside a call
         return False
     sent, *others = _local.secrets
-    if _folded(token) != _folded(sent):
+    folded = token.casefold()
+    if folded != sent.casefold():
         others.append(sent)
     looked_for = tuple(secret for secret in others if len(secret) >= _CONTAINED_SECRET_CHARS)
     if not looked_for:
         return False
-    # What _mask finds, not what _reveals cannot rule out: a long token (a
-    # JWT with many claims) is more than it reads through, and would be refused.
+    # Casefolded, which spells out ligatures and sharp s (an "ffi" in one
+    # character), as _mask's fold cannot: it keeps each character one.
+    if any(secret.casefold() in folded for secret in looked_for):
+        return True
+    # In the forms _mask finds (escaped, in base64 or hex...), not what
+    # _reveals cannot rule out: a long token (a JWT with many claims) is
+    # more than it reads through, and would be refused.
     with _masking(_TEXT_STEPS):
         return _mask(token, looked_for, keys=False) != token
 

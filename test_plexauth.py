@@ -166,6 +166,8 @@ urllib3 1.26 and 2.x.
   so is a token made of the password, code or token sent, in any case or
   form masking finds
   (``test_signin__a_new_token_that_holds_a_secret_of_the_request_is_refused``),
+  or spelled with a ligature
+  (``test_account__a_token_that_spells_the_token_used_with_a_ligature_is_refused``),
   while the token used, given back, is taken
   (``test_account__the_token_used_given_back_is_taken``);
   a token that cannot travel in a header is refused
@@ -2165,6 +2167,16 @@ def test_signin__a_new_token_that_holds_a_secret_of_the_request_is_refused(fault
     assert info.value.reason == ("a token in it holds a secret the request sent (its password, code or token); "
                                  "the new token in it was revoked")
     assert revoked == [made.encode().decode("latin-1")]  # as the raw server reads the header's bytes
+
+
+def test_account__a_token_that_spells_the_token_used_with_a_ligature_is_refused(httpserver: HTTPServer,
+                                                                               config: Config) -> None:
+    # "\ufb03" is "ffi" in one character: casefolded, the answer's token holds the token used.
+    used = "classfiletokenAFFIX123"
+    httpserver.expect_request("/api/v2/user").respond_with_json({**ACCOUNT, "authToken": "xclassfiletokenA\ufb03X123"})
+    with raises(ResponseError) as info:
+        plexauth.get_token_details(dataclasses.replace(config, token=used))
+    assert info.value.reason == "a token in it holds a secret the request sent (its password, code or token)"
 
 
 def test_account__the_token_used_given_back_is_taken(httpserver: HTTPServer, config: Config) -> None:
