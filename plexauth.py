@@ -449,34 +449,38 @@ def _token(value: Any) -> str | None:
     return value
 
 
-#: Secrets shorter than this (a Home PIN) are not looked for in tokens: a
-#: random token holds four given digits about once in a million.
+#: Secrets shorter than this (a Home PIN) are looked for only in a token
+#: made of little else: a random token holds four given digits about once
+#: in a million.
 _CONTAINED_SECRET_CHARS = 6
 
 
 def _made_of_secrets(token: str) -> bool:
     """Whether ``token``, sent in an answer, holds a secret its request sent:
     the command line prints a new token when asked, and would print that
-    secret with it.  The token sent may come back whole (the account call
-    gives it back), but not inside another."""
+    secret with it.  The token sent may come back as it is (the account
+    call gives it back, and an owner's server may have it), but in no other
+    form, nor inside another."""
     if not _local.secrets:  # outside a call
         return False
     sent, *others = _local.secrets
-    folded = token.casefold()
-    if folded != sent.casefold():
+    if token != sent:
         others.append(sent)
     looked_for = tuple(secret for secret in others if len(secret) >= _CONTAINED_SECRET_CHARS)
-    if not looked_for:
-        return False
+    short = tuple(secret for secret in others if 0 < len(secret) < _CONTAINED_SECRET_CHARS)
     # Casefolded, which spells out ligatures and sharp s (an "ffi" in one
     # character), as _mask's fold cannot: it keeps each character one.
+    folded = token.casefold()
     if any(secret.casefold() in folded for secret in looked_for):
         return True
     # In the forms _mask finds (escaped, in base64 or hex...), not what
     # _reveals cannot rule out: a long token (a JWT with many claims) is
     # more than it reads through, and would be refused.
     with _masking(_TEXT_STEPS):
-        return _mask(token, looked_for, keys=False) != token
+        if looked_for and _mask(token, looked_for, keys=False) != token:
+            return True
+        # A token that is little but a short secret (in base64 a few bits of it are left over).
+        return bool(short) and len(_mask(token, short, keys=False).replace("***", "")) < _CONTAINED_SECRET_CHARS
 
 
 def _pin_token(value: Any) -> str | None:
@@ -2033,10 +2037,10 @@ def _trie(words: list[str], start: int = 0, depth: int = 0) -> tuple[str, int, i
 
 # Kept as text, like _ESCAPES: only masking uses them.
 _GAPS = r"[\s\x00]+"
-# Markup a reader would not see: comments (which may hold < and >), then tags
-# (whose quoted attribute values may).
-_TAGS = r"(?s)<!--.*?-->|<(?:[^<>\"']|\"[^\"]*\"|'[^']*')*>"
-_COMMENTS = r"(?s)<!--.*?-->"
+# Markup a reader would not see: tags (whose quoted attribute values may hold
+# < and >) and comments (which may too), found by _unmarked.
+_TAG = r"<(?:[^<>\"']|\"[^\"]*\"|'[^']*')*>"
+_TAG_OR_COMMENT = "<!--|" + _TAG
 #: Base64 runs read as such: as long as the base64 of the shortest secret (a
 #: Home PIN's is 6 characters), but never shorter than 6, nor longer than 8.
 _BASE64_RUN = r"[A-Za-z0-9+/_-]{%d,}"
@@ -2065,12 +2069,16 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
     import html  # noqa: PLC0415 (only shown text is checked)
 
     uncdata = text.replace("<![CDATA[", "").replace("]]>", "")
-    untagged = re.sub(_TAGS, "", uncdata)
+    untagged = _unmarked(uncdata, tags=True)
     # A comment inside a quoted attribute is no comment to XML, but it is to a reader who drops comments first.
-    uncommented = re.sub(_COMMENTS, "", uncdata)
+    uncommented = _unmarked(uncdata, tags=False)
     readings = _readings(text.encode("latin-1", "ignore"))
     if not text.isascii():
+        import unicodedata  # noqa: PLC0415 (only non-ASCII text needs it)
+
         readings += _readings(text.encode("utf-8", "surrogatepass"))
+        # Fullwidth, circled or styled letters read as the plain ones they stand for.
+        readings.append(unicodedata.normalize("NFKC", text))
     # Texts a reader might make of it; the many made by decoding are looked
     # through as one (a secret split across two of them is withheld too: safe).
     candidates = [text, html.unescape(text), untagged, uncommented, "\n".join(readings)]
@@ -2094,6 +2102,36 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
             return True  # more than can be looked through: withheld, to be safe
         candidates = ["\n".join(decoded for run in runs for decoded in _decoded(run))]
     return False
+
+
+def _unmarked(text: str, *, tags: bool) -> str:
+    """``text`` without its comments (``<!--`` to the first ``-->`` after it)
+    and, with ``tags``, its tags, read from the left: what
+    ``re.sub(r"(?s)<!--.*?-->|" + _TAG, "", text)`` gives, in time linear in
+    the text.  (That pattern's lazy ``.*?`` reads on to the end from every
+    ``<!--`` that no ``-->`` closes: seconds for a text of thousands.)"""
+    last_close = text.rfind("-->")
+    opener = re.compile(_TAG_OR_COMMENT if tags else "<!--")
+    kept, position = [], 0
+    found = opener.search(text)
+    while found:
+        start, end = found.span()
+        if text.startswith("<!--", start):
+            if start + 4 <= last_close:
+                end = text.index("-->", start + 4) + 3
+            elif not tags:
+                break  # no later comment closes either
+            else:  # no comment, but maybe a tag
+                tag = re.compile(_TAG).match(text, start)
+                if tag is None:
+                    found = opener.search(text, start + 1)
+                    continue
+                end = tag.end()
+        kept.append(text[position:start])
+        position = end
+        found = opener.search(text, end)
+    kept.append(text[position:])
+    return "".join(kept)
 
 
 class _Wanted:
@@ -2615,6 +2653,8 @@ def _transient_token(doc: Any) -> str:
     token = _token(_container(doc).get("token"))
     if token is None:
         raise _Invalid("'MediaContainer.token' is missing or not a string")
+    if token == _local.secrets[0]:
+        raise _Invalid("'MediaContainer.token' is the token sent, not a new one")
     return token
 
 
