@@ -1745,6 +1745,9 @@ class _View:
         text = self.text
         if len(text) > _QUICK_TO_MASK and time.monotonic() > _local.deadline:
             raise _OutOfTime
+        # Most texts shown or checked (tokens, names) hold nothing an escape starts with.
+        if "\\" not in text and "&" not in text and "%" not in text and "+" not in text:
+            return None
         view = _View("", self)
         out = io.StringIO()  # not a list of pieces: a text of many escapes would make millions
         length = position = 0
@@ -2041,6 +2044,7 @@ _GAPS = r"[\s\x00]+"
 # < and >) and comments (which may too), found by _unmarked.
 _TAG = r"<(?:[^<>\"']|\"[^\"]*\"|'[^']*')*>"
 _TAG_OR_COMMENT = "<!--|" + _TAG
+_BRACKETED = "<[^<>]*>"
 #: Base64 runs read as such: as long as the base64 of the shortest secret (a
 #: Home PIN's is 6 characters), but never shorter than 6, nor longer than 8.
 _BASE64_RUN = r"[A-Za-z0-9+/_-]{%d,}"
@@ -2072,6 +2076,8 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
     untagged = _unmarked(uncdata, tags=True)
     # A comment inside a quoted attribute is no comment to XML, but it is to a reader who drops comments first.
     uncommented = _unmarked(uncdata, tags=False)
+    # Nor is a tag inside one, to a reader who drops whatever is between < and >.
+    unbracketed = re.sub(_BRACKETED, "", uncommented)
     readings = _readings(text.encode("latin-1", "ignore"))
     if not text.isascii():
         import unicodedata  # noqa: PLC0415 (only non-ASCII text needs it)
@@ -2081,7 +2087,7 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
         readings.append(unicodedata.normalize("NFKC", text))
     # Texts a reader might make of it; the many made by decoding are looked
     # through as one (a secret split across two of them is withheld too: safe).
-    candidates = [text, html.unescape(text), untagged, uncommented, "\n".join(readings)]
+    candidates = [text, html.unescape(text), untagged, uncommented, unbracketed, "\n".join(readings)]
     budget = _MAX_DECODED_CHARS
     for depth in range(_DECODE_DEPTH + 1):
         runs: set[str] = set()

@@ -3969,6 +3969,8 @@ def test_hostile__no_connection_is_reused_after_an_answer_that_has_no_body(fault
     [
         ("xml-comment", f'<errors><error code="1001">{TOKEN[:6]}<!-- -->{TOKEN[6:]}</error></errors>'),
         ("xml-cdata", f'<errors><error code="1001"><![CDATA[{TOKEN[:6]}]]>{TOKEN[6:]}</error></errors>'),
+        # No tag inside an attribute, to XML; to a reader who drops all between < and >, one (found by hypothesis).
+        ("bracketed-in-attribute", f'<errors><error code="1001" message="{TOKEN[:5]}<!-- a >{TOKEN[5:]}"/></errors>'),
         ("long-char-refs", '<errors><error code="1001" message="'
          + "".join(f"&#{ord(c):08d};" for c in TOKEN) + '"/></errors>'),
         ("tab-for-space", json.dumps({"errors": [{"code": 1001, "message": PASSWORD.replace(" ", "\t")}]})),
