@@ -468,6 +468,8 @@ def _made_of_secrets(token: str) -> bool:
         others.append(sent)
     looked_for = tuple(secret for secret in others if len(secret) >= _CONTAINED_SECRET_CHARS)
     short = tuple(secret for secret in others if 0 < len(secret) < _CONTAINED_SECRET_CHARS)
+    if not looked_for and not short:  # the account call: its token given back, nothing else sent
+        return False
     # Casefolded, which spells out ligatures and sharp s (an "ffi" in one
     # character), as _mask's fold cannot: it keeps each character one.
     folded = token.casefold()
@@ -1683,6 +1685,8 @@ _ESCAPES = (
     # A run of percent or \x escapes is decoded whole: a character's UTF-8 bytes may span any number of them.
     r"|((?:%[0-9a-fA-F]{2})+)|((?:\\x[0-9a-fA-F]{2})+)|(\+)"  # percent-encoding, + for a space; \xNN
 )
+#: What every escape of _ESCAPES starts with: a text holding none has none to undo.
+_ESCAPE_STARTS = ("\\", "&", "%", "+")
 _JSON_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 # Values under keys ending in these names (authToken, accessToken, token,
 # secret, password...) are secrets wherever a server puts them, even in an
@@ -1745,8 +1749,7 @@ class _View:
         text = self.text
         if len(text) > _QUICK_TO_MASK and time.monotonic() > _local.deadline:
             raise _OutOfTime
-        # Most texts shown or checked (tokens, names) hold nothing an escape starts with.
-        if "\\" not in text and "&" not in text and "%" not in text and "+" not in text:
+        if not any(start in text for start in _ESCAPE_STARTS):  # most texts: tokens, names
             return None
         view = _View("", self)
         out = io.StringIO()  # not a list of pieces: a text of many escapes would make millions
@@ -2117,7 +2120,7 @@ def _unmarked(text: str, *, tags: bool) -> str:
     the text.  (That pattern's lazy ``.*?`` reads on to the end from every
     ``<!--`` that no ``-->`` closes: seconds for a text of thousands.)"""
     last_close = text.rfind("-->")
-    opener = re.compile(_TAG_OR_COMMENT if tags else "<!--")
+    opener, tag_pattern = re.compile(_TAG_OR_COMMENT if tags else "<!--"), re.compile(_TAG)
     kept, position = [], 0
     found = opener.search(text)
     while found:
@@ -2128,7 +2131,7 @@ def _unmarked(text: str, *, tags: bool) -> str:
             elif not tags:
                 break  # no later comment closes either
             else:  # no comment, but maybe a tag
-                tag = re.compile(_TAG).match(text, start)
+                tag = tag_pattern.match(text, start)
                 if tag is None:
                     found = opener.search(text, start + 1)
                     continue
