@@ -2214,7 +2214,12 @@ def _utf8_length(secrets: tuple[str, ...]) -> int:
 
 @functools.lru_cache(maxsize=8)
 def _shortest(secrets: tuple[str, ...]) -> int:
-    return min(map(len, secrets))
+    """How short an ASCII text may be and still give one of ``secrets``
+    away: with its escapes undone and gaps dropped (as _wanted reads it), a
+    number of digits without its leading zeros, or as 1e5."""
+    lengths = [len(re.sub(_GAPS, "", view.text)) for secret in secrets for view in _views(secret)]
+    lengths += (min(len(secret.lstrip("0")) or 1, 3) for secret in secrets if secret.isascii() and secret.isdigit())
+    return min(lengths)
 
 
 def _shown(text: str, secrets: tuple[str, ...], *, keys: bool = True) -> str:
@@ -2223,10 +2228,11 @@ def _shown(text: str, secrets: tuple[str, ...], *, keys: bool = True) -> str:
     secrets = _pieces(secrets)
     if secrets and (len(text) > _MAX_SHOWN_CHARS or _utf8_length(secrets) > _MAX_SECRET_BYTES):
         return "***"
-    if not keys and secrets and len(text) < _shortest(secrets):
-        return text  # every form of a secret is at least as long as the secret
     try:
         with _masking(_TEXT_STEPS):
+            # Too short for any form of a secret (only non-ASCII text spells one out longer: a ligature).
+            if not keys and secrets and text.isascii() and len(text) < _shortest(secrets):
+                return text
             views = _views(text)
             masked = _mask(text, secrets, keys=keys, views=views)
             return "***" if _reveals(masked, secrets, views if masked is text else None) else masked

@@ -4523,6 +4523,17 @@ def test_cli__sign_in_prints_token(cli: Any, httpserver: HTTPServer, monkeypatch
     assert "X-Plex-Token" not in request.headers
 
 
+@pytest.mark.parametrize("echo", ["12345", "12345.0", "1.2345e4", "012345"])
+def test_cli__a_code_echoed_as_a_number_shorter_than_it_is_not_shown(cli: Any, httpserver: HTTPServer,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      echo: str) -> None:
+    # "12345" is shorter than the code "012345": a text too short for the code itself was shown unlooked at.
+    httpserver.expect_request("/api/v2/users/signin").respond_with_json({**ACCOUNT, "title": echo}, status=201)
+    monkeypatch.setenv("PLEX_PASSWORD", PASSWORD)
+    code, out, _ = cli("sign-in", "--login", "me", "--code", "012345", "--json", shown=(AUTH_TOKEN,))
+    assert (code, json.loads(out)["title"]) == (0, "***")
+
+
 @pytest.mark.parametrize("source", ["file", "stdin", "env-login"])
 def test_cli__sign_in_password_sources(
     cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any, source: str
