@@ -5454,17 +5454,26 @@ def test_connect__a_uri_holding_a_token_is_never_probed(config: Config, identiti
     assert stale.connections == 0
 
 
-def closed_ports(count: int) -> list[int]:
-    """Ports on 127.0.0.1 that refuse connections (free a moment ago)."""
-    servers = [socket.create_server(("127.0.0.1", 0)) for _ in range(count)]
-    ports = [server.getsockname()[1] for server in servers]
-    for server in servers:
-        server.close()
-    return ports
+@pytest.fixture
+def closed_ports() -> Any:
+    """Makes ports on 127.0.0.1 that refuse connections: bound, never
+    listening, and held until the test ends, so that no other process takes
+    one meanwhile (the suites .ci/run runs side by side open servers too)."""
+    held: list[socket.socket] = []
+
+    def make(count: int) -> list[int]:
+        for _ in range(count):
+            held.append(socket.socket())
+            held[-1].bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in held[-count:]]
+
+    yield make
+    for sock in held:
+        sock.close()
 
 
-def test_connect__a_list_longer_than_the_probes_has_its_most_preferred_tried(config: Config,
-                                                                             identities: Any) -> None:
+def test_connect__a_list_longer_than_the_probes_has_its_most_preferred_tried(config: Config, identities: Any,
+                                                                             closed_ports: Any) -> None:
     # A server has a handful of connections: of a longer (hostile) list the most preferred are
     # tried, all at once and each for the whole timeout, which bounds the threads and the time.
     refused = [plexauth.Connection(uri=f"http://127.0.0.1:{port}", local=True)
