@@ -453,6 +453,9 @@ def _token(value: Any) -> str | None:
 #: made of little else: a random token holds four given digits about once
 #: in a million.
 _CONTAINED_SECRET_CHARS = 6
+#: A token that may be a secret in base64 or hex, read in full (a JWT's
+#: parts are not decoded: a secret in their own base64 is _mask's to find).
+_ALL_BASE64 = "[A-Za-z0-9+/_-]+={0,2}"
 
 
 def _made_of_secrets(token: str) -> bool:
@@ -470,19 +473,34 @@ def _made_of_secrets(token: str) -> bool:
     short = tuple(secret for secret in others if 0 < len(secret) < _CONTAINED_SECRET_CHARS)
     if not looked_for and not short:  # the account call: its token given back, nothing else sent
         return False
-    # Casefolded, which spells out ligatures and sharp s (an "ffi" in one
+    # As a reader reads it: without markup, and, when it is one run of base64
+    # or hex, decoded (the UTF-16 of a secret, or one encoded twice, which
+    # _mask does not undo) if its bytes can hold the shortest form _mask looks
+    # for (a token as long as the one sent cannot).  Not what _reveals cannot
+    # rule out: a long token (a JWT with many claims) is more than it reads
+    # through, and would be refused.
+    unmarked = _unmarked(token, tags=True)
+    readings = dict.fromkeys([token, unmarked])
+    if (short or 3 * (len(token) + 3) // 4 >= min(map(len, _pieces(looked_for)))) and re.fullmatch(
+            _ALL_BASE64, token):
+        readings.update(dict.fromkeys(_decoded(token.rstrip("="))))
+    # Without gaps or invisible characters, its letters plain, and
+    # casefolded, which spells out ligatures and sharp s (an "ffi" in one
     # character), as _mask's fold cannot: it keeps each character one.
-    folded = token.casefold()
-    if any(secret.casefold() in folded for secret in looked_for):
-        return True
-    # In the forms _mask finds (escaped, in base64 or hex...), not what
-    # _reveals cannot rule out: a long token (a JWT with many claims) is
-    # more than it reads through, and would be refused.
+    plains = list(map(_plain, readings))
+    folded = "\n".join(plains).casefold()
+    if any(form and form in folded for form in (_plain(secret).casefold() for secret in looked_for)):
+        return True  # (a password of spaces has no plain form)
+    text = "\n".join(dict.fromkeys([*readings, *plains]))  # an escaped secret may hold a space
     with _masking(_TEXT_STEPS):
-        if looked_for and _mask(token, looked_for, keys=False) != token:
+        if looked_for and _mask(text, looked_for, keys=False) != text:
             return True
-        # A token that is little but a short secret (in base64 a few bits of it are left over).
-        return bool(short) and len(_mask(token, short, keys=False).replace("***", "")) < _CONTAINED_SECRET_CHARS
+        for reading in plains if short else ():
+            # Little but a short secret (in base64 a few bits of it are left over).
+            masked = _mask(reading, short, keys=False)
+            if masked != reading and len(masked.replace("***", "")) < _CONTAINED_SECRET_CHARS:
+                return True
+    return False
 
 
 def _pin_token(value: Any) -> str | None:
@@ -2043,6 +2061,18 @@ def _trie(words: list[str], start: int = 0, depth: int = 0) -> tuple[str, int, i
 
 # Kept as text, like _ESCAPES: only masking uses them.
 _GAPS = r"[\s\x00]+"
+# What shows nothing between a secret's characters: Unicode's format
+# characters (the soft hyphen, zero-width spaces and joiners, direction marks,
+# the byte-order mark, tags) and the marks that change nothing seen (the
+# grapheme joiner, variation selectors, Mongolian ones, Hangul fillers).
+_INVISIBLE = (
+    "\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f\u1160\u180b-\u180f"
+    "\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb\U000110bd"
+    "\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff"
+)
+_UNSEEN = r"[\s\x00" + _INVISIBLE + "]+"
+# A decimal digit of another script (Arabic-Indic, Devanagari...): float() reads them all.
+_OTHER_DIGIT = r"(?![0-9])\d"
 # Markup a reader would not see: tags (whose quoted attribute values may hold
 # < and >) and comments (which may too), found by _unmarked.
 _TAG = r"<(?:[^<>\"']|\"[^\"]*\"|'[^']*')*>"
@@ -2052,7 +2082,7 @@ _BRACKETED = "<[^<>]*>"
 #: Home PIN's is 6 characters), but never shorter than 6, nor longer than 8.
 _BASE64_RUN = r"[A-Za-z0-9+/_-]{%d,}"
 _HEX_RUN = r"(?:[0-9a-fA-F]{2}){4,}"
-_NUMBER = r"[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?"
+_NUMBER = r"\d+(?:\.\d*)?(?:[eE][-+]?\d+)?"  # in any script's digits: float() reads them
 #: _reveals decodes base64 and hex this many times over (hex of base64, base64 twice...).
 _DECODE_DEPTH = 2
 #: _reveals reads at most this much decoded text; a text that needs more is withheld.
@@ -2063,7 +2093,9 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
     """Whether ``text`` still gives a secret away to a reader who undoes more
     than _mask can place: markup between its characters (an XML comment or
     CDATA), NULs (UTF-16 inside UTF-8), spaces or line breaks (wrapped
-    base64), text decoded with the wrong charset (UTF-16 read as UTF-8 or
+    base64), characters that show nothing, fullwidth or styled letters and
+    other scripts' digits (as _plain reads them), in any mix with the
+    others, text decoded with the wrong charset (UTF-16 read as UTF-8 or
     Latin-1, UTF-8 as Latin-1), more escapes than _mask undoes, base64 or hex
     of any of these, up to _DECODE_DEPTH times over.  Past the call's
     deadline it raises _OutOfTime (through _View.unescaped)."""
@@ -2083,11 +2115,7 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
     unbracketed = re.sub(_BRACKETED, "", uncommented)
     readings = _readings(text.encode("latin-1", "ignore"))
     if not text.isascii():
-        import unicodedata  # noqa: PLC0415 (only non-ASCII text needs it)
-
         readings += _readings(text.encode("utf-8", "surrogatepass"))
-        # Fullwidth, circled or styled letters read as the plain ones they stand for.
-        readings.append(unicodedata.normalize("NFKC", text))
     # Texts a reader might make of it; the many made by decoding are looked
     # through as one (a secret split across two of them is withheld too: safe).
     candidates = [text, html.unescape(text), untagged, uncommented, unbracketed, "\n".join(readings)]
@@ -2097,7 +2125,7 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
         for candidate in dict.fromkeys(candidates):
             candidate_views = views if views and candidate is text else _views(candidate)
             for view in candidate_views:
-                joined = re.sub(_GAPS, "", view.text)
+                joined = _plain(view.text)
                 folded = joined.casefold()
                 if not _spend(wanted.texts.cost(len(folded))) or wanted.texts.pattern.search(folded):
                     return True  # found, or more than this output may take: withheld, to be safe
@@ -2119,6 +2147,8 @@ def _unmarked(text: str, *, tags: bool) -> str:
     ``re.sub(r"(?s)<!--.*?-->|" + _TAG, "", text)`` gives, in time linear in
     the text.  (That pattern's lazy ``.*?`` reads on to the end from every
     ``<!--`` that no ``-->`` closes: seconds for a text of thousands.)"""
+    if "<" not in text:  # most texts: tokens, names
+        return text
     last_close = text.rfind("-->")
     opener, tag_pattern = re.compile(_TAG_OR_COMMENT if tags else "<!--"), re.compile(_TAG)
     kept, position = [], 0
@@ -2143,6 +2173,20 @@ def _unmarked(text: str, *, tags: bool) -> str:
     return "".join(kept)
 
 
+def _plain(text: str) -> str:
+    """``text`` as a reader sees it, to look for a secret in: without gaps
+    (spaces, line breaks, NULs) and, when not ASCII, NFKC-normalised
+    (fullwidth, circled or styled letters as the plain ones), without
+    invisible characters, and with every decimal digit as an ASCII one."""
+    if text.isascii():
+        return "".join(text.split()).replace("\x00", "")  # split() splits where _GAPS' \s matches
+    import unicodedata  # noqa: PLC0415 (only non-ASCII text needs it)
+
+    text = unicodedata.normalize("NFKC", text)
+    text = re.sub(_OTHER_DIGIT, lambda digit: str(unicodedata.decimal(digit[0], digit[0])), text)
+    return re.sub(_UNSEEN, "", text)
+
+
 class _Wanted:
     """What _reveals looks for.  (A plain class, as _Plan.)"""
 
@@ -2158,7 +2202,7 @@ class _Wanted:
 def _wanted(secrets: tuple[str, ...]) -> _Wanted | None:
     if not secrets:
         return None
-    texts = {re.sub(_GAPS, "", view.text).casefold() for secret in secrets for view in _views(secret)}
+    texts = {_plain(view.text).casefold() for secret in secrets for view in _views(secret)}
     texts |= {secret.encode("utf-8", "surrogatepass").hex() for secret in secrets}
     texts.discard("")  # a secret of spaces (its hex is left)
     numbers = frozenset(float(secret) for secret in secrets if secret.isascii() and secret.isdigit())
@@ -2217,7 +2261,7 @@ def _shortest(secrets: tuple[str, ...]) -> int:
     """How short an ASCII text may be and still give one of ``secrets``
     away: with its escapes undone and gaps dropped (as _wanted reads it), a
     number of digits without its leading zeros, or as 1e5."""
-    lengths = [len(re.sub(_GAPS, "", view.text)) for secret in secrets for view in _views(secret)]
+    lengths = [len(_plain(view.text)) for secret in secrets for view in _views(secret)]
     lengths += (min(len(secret.lstrip("0")) or 1, 3) for secret in secrets if secret.isascii() and secret.isdigit())
     return min(lengths)
 

@@ -349,8 +349,19 @@ def echo_forms(secret: str) -> dict[str, str]:
         "base64-of-utf-16": base64.b64encode(secret.encode("utf-16-le")).decode(),
         "markup-comment": secret[:5] + "<!-- a > b -->" + secret[5:],
         "markup-unclosed-comment": secret[:5] + "<!-- a >" + secret[5:],  # no "-->": read as a tag
-        "fullwidth": "".join(chr(ord(char) + 0xFEE0) if "!" <= char <= "~" else char for char in secret),
+        "fullwidth": fullwidth(secret),
+        # Characters that show nothing (zero-width space, soft hyphen, word joiner, byte-order mark) between.
+        "invisible-split": "".join(char + "\u200b\u00ad\u2060\ufeff"[index % 4] for index, char in enumerate(secret)),
+        "fullwidth-invisible": "\u200d".join(fullwidth(secret)),
+        "markup-styled": "<!---->".join(char if not char.isascii() or not char.isalnum() else chr(
+            (0x1D7CE - 48 if char.isdigit() else 0x1D400 - 65 if char.isupper() else 0x1D41A - 97) + ord(char))
+            for char in secret),
+        "other-digits": secret.translate({digit: 0x0660 + digit - 48 for digit in range(48, 58)}),  # Arabic-Indic
     }
+
+
+def fullwidth(text: str) -> str:
+    return "".join(chr(ord(char) + 0xFEE0) if "!" <= char <= "~" else char for char in text)
 
 
 ACCOUNT = {
@@ -651,12 +662,20 @@ def uncommented(text: str) -> str:
         at = end + 3
 
 
+def readable(text: str) -> str:
+    """``text`` as a reader sees it: NFKC-normalised (fullwidth and styled
+    letters as plain ones), without what shows nothing (format characters and
+    marks that stand alone), digits of any script as ASCII ones."""
+    return "".join(str(unicodedata.decimal(char, char)) for char in unicodedata.normalize("NFKC", text)
+                   if unicodedata.category(char) not in ("Cf", "Mn"))
+
+
 def secret_views(text: str, wrong_charsets: bool = True) -> set[str]:
     """``text`` as readers might see it, each with escapes undone up to six times."""
     untagged = re.sub(r"<!\[CDATA\[|\]\]>|<[^<>]*>", "", uncommented(text))
     mojibake = text.encode("latin-1", "ignore").decode("utf-8", "ignore")
     views = set()
-    for start in {text, untagged, text.replace("\x00", ""), mojibake, unicodedata.normalize("NFKC", text)}:
+    for start in {text, untagged, text.replace("\x00", ""), mojibake, readable(text), readable(untagged)}:
         view = start
         for _ in range(6):
             views.add(view)
@@ -1494,7 +1513,7 @@ SIGN_IN_SECRETS = {"token": TOKEN, "password": PASSWORD, "code": CODE}
 # Forms found only by decoding the text further than masking can map back.
 WITHHELD_FORMS = {"base64-wrapped", "base64-twice", "hex-of-base64", "base64-of-hex", "hex-of-utf-16",
                   "percent-5-times", "base64-of-utf-16", "markup-comment", "markup-unclosed-comment",
-                  "fullwidth"}
+                  "fullwidth", "invisible-split", "fullwidth-invisible", "markup-styled", "other-digits"}
 
 
 
@@ -1852,12 +1871,19 @@ def test_models__reprs_mask_what_the_server_echoed(fault_server: Any) -> None:
 # ===========================================================================
 
 
-def test_get_transient_token__the_token_sent_given_back_is_refused(httpserver: HTTPServer, config: Config) -> None:
+@pytest.mark.parametrize(("made", "reason"), [
+    (TOKEN, "'MediaContainer.token' is the token sent, not a new one"),
+    (fullwidth(TOKEN), "a token in it holds a secret the request sent (its password, code or token)"),
+    (base64.b64encode(TOKEN.encode("utf-16-le")).decode(),
+     "a token in it holds a secret the request sent (its password, code or token)"),
+], ids=["as-sent", "fullwidth", "base64-of-utf-16"])
+def test_get_transient_token__the_token_sent_given_back_is_refused(httpserver: HTTPServer, config: Config,
+                                                                  made: str, reason: str) -> None:
     # It is no transient token: the command line, asked for one, would print the caller's own (masked: "***").
-    httpserver.expect_request("/security/token").respond_with_json({"MediaContainer": {"token": TOKEN}})
+    httpserver.expect_request("/security/token").respond_with_json({"MediaContainer": {"token": made}})
     with raises(ResponseError) as info:
         plexauth.get_transient_token(config)
-    assert info.value.reason == "'MediaContainer.token' is the token sent, not a new one"
+    assert info.value.reason == reason
 
 
 @pytest.mark.parametrize(
@@ -2183,7 +2209,10 @@ def test_signin__a_token_in_an_answer_that_cannot_be_used_is_revoked(fault_serve
 
 @pytest.mark.parametrize("made", [f"tok-{PASSWORD}-en", f"{TOKEN.lower()}2", f"x{CODE}", PASSWORD, CODE.lower(),
                                   base64.b64encode(PASSWORD.encode()).decode(), f"t{PASSWORD.encode().hex()}",
-                                  urllib.parse.quote(PASSWORD)])
+                                  urllib.parse.quote(PASSWORD), html.escape(PASSWORD), " ".join(PASSWORD),
+                                  fullwidth(PASSWORD), base64.b64encode(fullwidth(PASSWORD).encode()).decode(),
+                                  PASSWORD[:5] + "<!---->" + PASSWORD[5:], fullwidth(CODE), "\u200b".join(CODE),
+                                  base64.b64encode(PASSWORD.encode("utf-16-le")).decode()])
 def test_signin__a_new_token_that_holds_a_secret_of_the_request_is_refused(fault_server: Any, made: str) -> None:
     """A token made of the password, the code or the token used would show
     it wherever the token is shown (the command line prints a new one when
@@ -2199,6 +2228,15 @@ def test_signin__a_new_token_that_holds_a_secret_of_the_request_is_refused(fault
     assert info.value.reason == ("a token in it holds a secret the request sent (its password, code or token); "
                                  "the new token in it was revoked")
     assert revoked == [made.encode().decode("latin-1")]  # as the raw server reads the header's bytes
+
+
+@pytest.mark.parametrize("password", [" " * 8, "\u200b" * 8], ids=["spaces", "zero-width"])
+def test_signin__a_password_that_reads_as_nothing_holds_no_token(fault_server: Any, password: str) -> None:
+    # What shows nothing is dropped before looking: such a password is in no token, rather than in all.
+    server, revoked = revoking_signin_server(
+        fault_server, json.dumps({"id": 1, "uuid": "u", "username": "me", "authToken": AUTH_TOKEN}).encode())
+    account = plexauth.post_users_sign_in_data(hostile_config(server.port), "me", password)
+    assert (account.auth_token, revoked) == (AUTH_TOKEN, [])
 
 
 def test_account__a_token_that_spells_the_token_used_with_a_ligature_is_refused(httpserver: HTTPServer,
@@ -3148,6 +3186,14 @@ def test_secrets__redirect_to_https_drops_token(httpserver: HTTPServer, config: 
     (request,) = [request for request, _ in server.log[before:]]
     assert "X-Plex-Token" not in request.headers
     assert requests_seen(httpserver)[0].headers["X-Plex-Token"] == TOKEN
+
+
+def test_secrets__every_format_character_is_looked_through() -> None:
+    # Unicode's format characters (Cf) show nothing: masking drops each, as it drops gaps.
+    invisible = re.compile("[" + plexauth._INVISIBLE + "]")
+    shown = [f"U+{code:04X}" for code in range(sys.maxunicode + 1)
+             if unicodedata.category(chr(code)) == "Cf" and not invisible.fullmatch(chr(code))]
+    assert shown == []
 
 
 def test_secrets__the_checker_sees_every_form() -> None:
@@ -5130,8 +5176,17 @@ def test_home_users__switch_sends_the_pin_only_in_its_query(httpserver: HTTPServ
                    if record.name.split(".")[0] in ("plexauth", "urllib3"))  # werkzeug's are plex.tv's own
 
 
-@pytest.mark.parametrize("made", [HOME_PIN, base64.b64encode(HOME_PIN.encode()).decode().rstrip("="),
-                                  "".join(f"%{ord(digit):02X}" for digit in HOME_PIN), TOKEN.upper(), TOKEN.swapcase()])
+@pytest.mark.parametrize("made", [
+    HOME_PIN, base64.b64encode(HOME_PIN.encode()).decode().rstrip("="),
+    "".join(f"%{ord(digit):02X}" for digit in HOME_PIN), TOKEN.upper(), TOKEN.swapcase(),
+    # Little but the PIN to a reader: spaced out, padded with what shows nothing, split by markup...
+    " ".join(HOME_PIN), HOME_PIN + " " * 6, HOME_PIN + "\u200b" * 6, "83<!---->62", fullwidth(HOME_PIN),
+    HOME_PIN.translate({digit: 0x0660 + digit - 48 for digit in range(48, 58)}),
+    # ... or encoded twice over (UTF-16 in base64, base64 in base64), as the token used may be.
+    base64.b64encode(HOME_PIN.encode("utf-16-le")).decode(),
+    base64.b64encode(base64.b64encode(HOME_PIN.encode())).decode(),
+    fullwidth(TOKEN), base64.b64encode(TOKEN.encode("utf-16-le")).decode(),
+])
 def test_home_users__a_token_that_is_the_pin_or_the_token_used_in_another_case_is_refused(
         httpserver: HTTPServer, config: Config, made: str) -> None:
     """The command line prints the token a switch gives: one that is the Home
