@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import array
 import base64
+import binascii
 import bisect
 import contextlib
 import copy
@@ -473,34 +474,70 @@ def _made_of_secrets(token: str) -> bool:
     short = tuple(secret for secret in others if 0 < len(secret) < _CONTAINED_SECRET_CHARS)
     if not looked_for and not short:  # the account call: its token given back, nothing else sent
         return False
-    # As a reader reads it: without markup, and, when it is one run of base64
-    # or hex, decoded (the UTF-16 of a secret, or one encoded twice, which
-    # _mask does not undo) if its bytes can hold the shortest form _mask looks
-    # for (a token as long as the one sent cannot).  Not what _reveals cannot
-    # rule out: a long token (a JWT with many claims) is more than it reads
-    # through, and would be refused.
+    # As a reader reads it: without markup, gaps or invisible characters, its
+    # letters plain; casefolded, which spells out ligatures and sharp s (an
+    # "ffi" in one character), as _mask's fold cannot: it keeps each
+    # character one.  Not what _reveals cannot rule out: a long token (a JWT
+    # with many claims) is more than it reads through, and would be refused.
     unmarked = _unmarked(token, tags=True)
-    readings = dict.fromkeys([token, unmarked])
-    if (short or 3 * (len(token) + 3) // 4 >= min(map(len, _pieces(looked_for)))) and re.fullmatch(
-            _ALL_BASE64, token):
-        readings.update(dict.fromkeys(_decoded(token.rstrip("="))))
-    # Without gaps or invisible characters, its letters plain, and
-    # casefolded, which spells out ligatures and sharp s (an "ffi" in one
-    # character), as _mask's fold cannot: it keeps each character one.
-    plains = list(map(_plain, readings))
-    folded = "\n".join(plains).casefold()
+    plain = _plain(unmarked)
+    folded = plain.casefold()
     if any(form and form in folded for form in (_plain(secret).casefold() for secret in looked_for)):
         return True  # (a password of spaces has no plain form)
-    text = "\n".join(dict.fromkeys([*readings, *plains]))  # an escaped secret may hold a space
+    # One run of base64 or hex may be a secret's UTF-16, or its base64 (one
+    # encoded twice), which _mask does not undo: its bytes, without gaps and
+    # NULs, are looked through for the secrets' bytes read the same way, when
+    # they can hold them (a token as long as the one sent cannot).
+    if (short or 3 * (len(plain) + 3) // 4 >= _byte_forms(looked_for).shortest) and re.fullmatch(
+            _ALL_BASE64, plain):
+        decoded = [data.translate(None, _BYTE_GAPS).lower() for data in _decoded_bytes(plain.rstrip("="))]
+        if looked_for and _byte_forms(looked_for).pattern.search(b"\n".join(decoded)):
+            return True
+        for data in decoded if short else ():
+            # A short secret only in bytes made of little else, as in the token.
+            left = _byte_forms(short).pattern.sub(b"", data)
+            if len(left) < min(len(data), _CONTAINED_SECRET_CHARS):
+                return True
+    text = "\n".join(dict.fromkeys([token, unmarked, plain]))  # an escaped secret may hold a space
     with _masking(_TEXT_STEPS):
         if looked_for and _mask(text, looked_for, keys=False) != text:
             return True
-        for reading in plains if short else ():
+        for reading in dict.fromkeys([token, plain]) if short else ():
             # Little but a short secret (in base64 a few bits of it are left over).
             masked = _mask(reading, short, keys=False)
             if masked != reading and len(masked.replace("***", "")) < _CONTAINED_SECRET_CHARS:
                 return True
     return False
+
+
+#: Bytes dropped from a decoded token, and from the secrets looked for in
+#: it: ASCII gaps, and NULs (UTF-16 of ASCII text is its bytes and NULs).
+_BYTE_GAPS = b" \t\n\r\x0b\x0c\x00"
+
+
+class _ByteForms:
+    """What _made_of_secrets looks for in a decoded token.  (A plain class, as _Plan.)"""
+
+    __slots__ = ("pattern", "shortest")
+
+    def __init__(self, pattern: re.Pattern[bytes], shortest: int) -> None:
+        self.pattern = pattern  # any of the forms, the longest first
+        self.shortest = shortest  # bytes that can hold one
+
+
+@functools.lru_cache(maxsize=8)  # as _secret_forms
+def _byte_forms(secrets: tuple[str, ...]) -> _ByteForms:
+    """``secrets`` in UTF-8, UTF-16 and base64, as _made_of_secrets reads a
+    decoded token: read as _plain reads them, without _BYTE_GAPS, lowered."""
+    forms: set[bytes] = set()
+    for secret in map(_plain, secrets):
+        raw = secret.encode("utf-8", "surrogatepass")
+        forms.update((raw, secret.encode("utf-16-le", "surrogatepass"), secret.encode("utf-16-be", "surrogatepass")))
+        forms.update(core.encode("ascii") for core in _base64_cores(raw))
+    found = sorted({form.translate(None, _BYTE_GAPS).lower() for form in forms} - {b""}, key=len, reverse=True)
+    # With nothing to find (a password of spaces), a pattern that matches nothing.
+    pattern = re.compile(b"|".join(map(re.escape, found)) if found else b"(?!)")
+    return _ByteForms(pattern, len(found[-1]) if found else sys.maxsize)
 
 
 def _pin_token(value: Any) -> str | None:
@@ -1965,26 +2002,33 @@ _CACHED_FORMS_CHARS = 4096
 @functools.lru_cache(maxsize=8)
 def _secret_forms(secrets: tuple[str, ...]) -> _Search | None:
     """One pattern for every form of ``secrets`` that a view of a text may hold."""
-    import base64  # noqa: PLC0415 (only masking needs it)
-
     forms: set[str] = set()
     for secret in secrets:
         forms.add(secret)
         forms.update(view.text for view in _views(secret))  # as escapes are undone in the text, so in the secret
         raw = secret.encode("utf-8", "surrogatepass")
         forms.add(raw.hex())  # matched without regard to case, as all forms are
-        if len(raw) >= 4:
-            # In base64 the secret's bytes sit at one of three offsets; the
-            # characters made of its bits alone are the same whatever surrounds it.
-            for offset in range(3):
-                encoded = base64.b64encode(b"\0" * offset + raw).decode("ascii")
-                core = encoded[(offset * 8 + 5) // 6 : (offset + len(raw)) * 8 // 6]
-                forms.update((core, core.translate(str.maketrans("+/", "-_"))))
+        forms.update(_base64_cores(raw))
     forms.discard("")
     if not forms:
         return None
     # Without regard to case: an upper-cased token or hex is as good as the real one.
     return _Search(set(map(_folded, forms)))
+
+
+def _base64_cores(raw: bytes) -> list[str]:
+    """What base64 holds of ``raw`` (4 bytes or more) wherever it sits, in
+    either alphabet: its bytes sit at one of three offsets, and the
+    characters made of their bits alone are the same whatever surrounds them."""
+    cores: list[str] = []
+    for offset in range(3 if len(raw) >= 4 else 0):
+        encoded = base64.b64encode(b"\0" * offset + raw).decode("ascii")
+        core = encoded[(offset * 8 + 5) // 6 : (offset + len(raw)) * 8 // 6]
+        cores += (core, core.translate(_URLSAFE_ALPHABET))
+    return cores
+
+
+_URLSAFE_ALPHABET = str.maketrans("+/", "-_")
 
 
 def _folded(text: str) -> str:
@@ -2220,23 +2264,26 @@ def _readings(data: bytes) -> list[str]:
 
 
 def _decoded(run: str) -> list[str]:
+    """What ``run`` may say (_decoded_bytes), each as _readings reads it."""
+    return [text for data in _decoded_bytes(run) for text in _readings(data)]
+
+
+def _decoded_bytes(run: str) -> list[bytes]:
     """What ``run`` may say in base64 (read from each of its first four
     characters, a last partial group too) or in hex (from either of its
-    first two), each as _readings reads it."""
-    import base64  # noqa: PLC0415 (only masking needs it)
-
-    texts = []
+    first two)."""
+    found = []
     standard = run.translate(_STANDARD_ALPHABET)
     for start in range(4):
         chunk = standard[start:]
         chunk = chunk[: len(chunk) - (len(chunk) % 4 == 1)]  # one character left over carries no byte
-        texts += _readings(base64.b64decode(chunk + "=" * (-len(chunk) % 4)))
+        found.append(binascii.a2b_base64(chunk + "=" * (-len(chunk) % 4)))  # as b64decode, without its checks
     for start in range(2):
         chunk = run[start:]
         chunk = chunk[: len(chunk) // 2 * 2]
         if re.fullmatch(_HEX_RUN, chunk):
-            texts += _readings(bytes.fromhex(chunk))
-    return texts
+            found.append(bytes.fromhex(chunk))
+    return found
 
 
 #: Text to show that is longer than this (no string of a Plex answer is) is
