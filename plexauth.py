@@ -454,9 +454,8 @@ def _token(value: Any) -> str | None:
 #: made of little else: a random token holds four given digits about once
 #: in a million.
 _CONTAINED_SECRET_CHARS = 6
-#: A token that may be a secret in base64 or hex, read in full (a JWT's
-#: parts are not decoded: a secret in their own base64 is _mask's to find).
-_ALL_BASE64 = "[A-Za-z0-9+/_-]+={0,2}"
+#: A run of base64 or hex in a token, as long as the base64 of a Home PIN.
+_ENCODED_RUN = "[A-Za-z0-9+/_-]{6,}"
 
 
 def _made_of_secrets(token: str) -> bool:
@@ -474,40 +473,49 @@ def _made_of_secrets(token: str) -> bool:
     short = tuple(secret for secret in others if 0 < len(secret) < _CONTAINED_SECRET_CHARS)
     if not looked_for and not short:  # the account call: its token given back, nothing else sent
         return False
-    # As a reader reads it: without markup, gaps or invisible characters, its
-    # letters plain; casefolded, which spells out ligatures and sharp s (an
-    # "ffi" in one character), as _mask's fold cannot: it keeps each
-    # character one.  Not what _reveals cannot rule out: a long token (a JWT
-    # with many claims) is more than it reads through, and would be refused.
-    unmarked = _unmarked(token, tags=True)
-    plain = _plain(unmarked)
-    folded = plain.casefold()
-    if any(form and form in folded for form in (_plain(secret).casefold() for secret in looked_for)):
-        return True  # (a password of spaces has no plain form)
-    # One run of base64 or hex may be a secret's UTF-16, or its base64 (one
-    # encoded twice), which _mask does not undo: its bytes, without gaps and
-    # NULs, are looked through for the secrets' bytes read the same way, when
-    # they can hold them (a token as long as the one sent cannot).
-    if (short or 3 * (len(plain) + 3) // 4 >= _byte_forms(looked_for).shortest) and re.fullmatch(
-            _ALL_BASE64, plain):
-        decoded = [data.translate(None, _BYTE_GAPS).lower() for data in _decoded_bytes(plain.rstrip("="))]
-        if looked_for and _byte_forms(looked_for).pattern.search(b"\n".join(decoded)):
-            return True
-        for data in decoded if short else ():
+    # As a reader reads it: escapes undone, without markup, gaps or invisible
+    # characters, its letters plain; and each run of base64 or hex in it
+    # decoded once (a secret's UTF-16, or its base64: one encoded twice, or a
+    # JWT's claims), which _mask does not undo, when its bytes can hold one.
+    # Not what _reveals cannot rule out: a long token (a JWT with many
+    # claims) is more than it reads through, and would be refused.
+    readings = _read_token(token)
+    shortest = 0 if short else _byte_forms(looked_for).shortest
+    runs = (run for reading in readings for pattern in (_ENCODED_RUN, _HEX_RUN) for run in re.findall(pattern, reading))
+    for run in dict.fromkeys(runs):  # (hex on its own too: "tok-" and hex is one run of base64)
+        if 3 * (len(run) + 3) // 4 < shortest:  # a token as long as the one sent
+            continue
+        for data in _decoded_bytes(run):
+            # Its bytes without gaps and NULs, for the secrets' bytes read the
+            # same way; as text, if it is UTF-8 (base64 twice, a JWT's claims).
+            bare = data.translate(None, _BYTE_GAPS).lower()
+            if looked_for and _byte_forms(looked_for).pattern.search(bare):
+                return True
             # A short secret only in bytes made of little else, as in the token.
-            left = _byte_forms(short).pattern.sub(b"", data)
-            if len(left) < min(len(data), _CONTAINED_SECRET_CHARS):
+            if short and len(_byte_forms(short).pattern.sub(b"", bare)) < min(len(bare), _CONTAINED_SECRET_CHARS):
                 return True
-    text = "\n".join(dict.fromkeys([token, unmarked, plain]))  # an escaped secret may hold a space
-    with _masking(_TEXT_STEPS):
-        if looked_for and _mask(text, looked_for, keys=False) != text:
-            return True
-        for reading in dict.fromkeys([token, plain]) if short else ():
-            # Little but a short secret (in base64 a few bits of it are left over).
-            masked = _mask(reading, short, keys=False)
-            if masked != reading and len(masked.replace("***", "")) < _CONTAINED_SECRET_CHARS:
-                return True
-    return False
+            with contextlib.suppress(UnicodeDecodeError):
+                readings += _read_token(data.decode("utf-8"))
+    # Looked for as _reveals looks (each view of a secret read by _plain, and
+    # its hex), casefolded: that spells out ligatures and sharp s (an "ffi"
+    # in one character), as _mask's fold cannot.  (Its base64 is decoded above.)
+    folded = [reading.casefold() for reading in readings]
+    wanted = _wanted(_pieces(looked_for))
+    if wanted and wanted.texts.pattern.search("\n".join(folded)):
+        return True
+    wanted = _wanted(_pieces(short))
+    # Little but a short secret, as in its bytes.
+    return wanted is not None and any(
+        len(wanted.texts.pattern.sub("", reading)) < min(len(reading), _CONTAINED_SECRET_CHARS) for reading in folded)
+
+
+def _read_token(token: str) -> list[str]:
+    """``token`` as a reader may read it: itself, with its escapes undone,
+    without markup, and each of these as _plain reads it."""
+    # (Most tokens hold no escape: no views made.)
+    texts = [view.text for view in _views(token)] if any(start in token for start in _ESCAPE_STARTS) else [token]
+    texts += (_unmarked(text, tags=True) for text in texts[:] if "<" in text)
+    return list(dict.fromkeys([*texts, *map(_plain, texts)]))
 
 
 #: Bytes dropped from a decoded token, and from the secrets looked for in
@@ -2107,11 +2115,12 @@ def _trie(words: list[str], start: int = 0, depth: int = 0) -> tuple[str, int, i
 _GAPS = r"[\s\x00]+"
 # What shows nothing between a secret's characters: Unicode's format
 # characters (the soft hyphen, zero-width spaces and joiners, direction marks,
-# the byte-order mark, tags) and the marks that change nothing seen (the
-# grapheme joiner, variation selectors, Mongolian ones, Hangul fillers).
+# the byte-order mark, tags), C1 controls, and the marks that change nothing
+# seen (the grapheme joiner, variation selectors, Mongolian ones, Hangul
+# fillers, Khmer inherent vowels, the blank Braille pattern).
 _INVISIBLE = (
-    "\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f\u1160\u180b-\u180f"
-    "\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb\U000110bd"
+    "\x80-\x9f\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f\u1160\u17b4\u17b5\u180b-\u180f"
+    "\u200b-\u200f\u202a-\u202e\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb\U000110bd"
     "\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff"
 )
 _UNSEEN = r"[\s\x00" + _INVISIBLE + "]+"
@@ -2226,9 +2235,32 @@ def _plain(text: str) -> str:
         return "".join(text.split()).replace("\x00", "")  # split() splits where _GAPS' \s matches
     import unicodedata  # noqa: PLC0415 (only non-ASCII text needs it)
 
+    if re.search(_LONG_NON_ASCII, text):
+        # NFKC sorts a run of combining marks in time quadratic in its length
+        # (minutes for a hostile 2 MiB): as UAX #15's stream-safe text has it,
+        # a grapheme joiner (dropped below) after every 30 bounds each run.
+        text = _non_starters().sub("\\g<0>\u034f", text)
     text = unicodedata.normalize("NFKC", text)
     text = re.sub(_OTHER_DIGIT, lambda digit: str(unicodedata.decimal(digit[0], digit[0])), text)
     return re.sub(_UNSEEN, "", text)
+
+
+_LONG_NON_ASCII = "[^\x00-\x7f]{31}"
+#: Characters of no combining class that decompose to start with a combining
+#: mark (Tibetan vowel signs, halfwidth katakana voicing marks).
+_LEADING_NON_STARTERS = "\u0f73\u0f75\u0f81\uff9e\uff9f"
+#: Past the last combining mark (U+1E94A in Unicode 15.1).
+_NON_STARTERS_END = 0x1E950
+
+
+@functools.lru_cache(maxsize=1)  # made once, in 10 ms, for the first text that may need it
+def _non_starters() -> re.Pattern[str]:
+    """30 characters in a row that NFKC may have to reorder (a combining
+    class other than 0)."""
+    import unicodedata  # noqa: PLC0415 (only non-ASCII text needs it)
+
+    marks = [chr(code) for code in range(0x300, _NON_STARTERS_END) if unicodedata.combining(chr(code))]
+    return re.compile("[" + re.escape("".join(marks) + _LEADING_NON_STARTERS) + "]{30}")
 
 
 class _Wanted:

@@ -2212,7 +2212,15 @@ def test_signin__a_token_in_an_answer_that_cannot_be_used_is_revoked(fault_serve
                                   urllib.parse.quote(PASSWORD), html.escape(PASSWORD), " ".join(PASSWORD),
                                   fullwidth(PASSWORD),
                                   PASSWORD[:5] + "<!---->" + PASSWORD[5:], fullwidth(CODE), "\u200b".join(CODE),
-                                  base64.b64encode(PASSWORD.encode("utf-16-le")).decode()])
+                                  base64.b64encode(PASSWORD.encode("utf-16-le")).decode(),
+                                  # Escapes that stand for a gap, what shows nothing, or a styled letter.
+                                  "+".join(CODE), PASSWORD[:6] + "&#8203;" + PASSWORD[6:],
+                                  CODE[:6] + "%E2%80%8B" + CODE[6:],
+                                  "".join(f"&#x{ord(char):X};" for char in fullwidth(CODE)),
+                                  "tok-" + CODE.encode("utf-16-le").hex(),
+                                  # A JWT whose claims hold it JSON-escaped (as json.dumps writes "\u00fc").
+                                  "eyJhbGciOiJIUzI1NiJ9." + base64.urlsafe_b64encode(json.dumps(
+                                      {"sub": "me", "p": PASSWORD}).encode()).decode().rstrip("=") + "." + "s" * 43])
 def test_signin__a_new_token_that_holds_a_secret_of_the_request_is_refused(fault_server: Any, made: str) -> None:
     """A token made of the password, the code or the token used would show
     it wherever the token is shown (the command line prints a new one when
@@ -3767,6 +3775,26 @@ def test_hostile__comments_that_never_close_cost_masking_no_more(httpserver: HTT
     assert (code, [server["name"] for server in servers]) == (0, names)
 
 
+def test_hostile__combining_marks_out_of_order_cost_masking_no_more(httpserver: HTTPServer, config: Config,
+                                                                    cli: Any, token_env: None) -> None:
+    """A token, and names, of 64 000 combining marks in the wrong order:
+    NFKC sorts them in time quadratic in the run (25 s for the token, over
+    minutes for the command); cut into runs of 30, as UAX #15's stream-safe
+    text has it, each reads in milliseconds, and the names are shown whole."""
+    marks = "a" + "\u0301" * 32_000 + "\u0316" * 32_000
+    serve_servers(httpserver, [marks, "tok-0001-Zq"], [])
+    started = time.monotonic()
+    resources = plexauth.get_resources(dataclasses.replace(config, total_timeout=5.0))
+    assert time.monotonic() - started < 10  # well under a second here
+    assert [resource.access_token for resource in resources] == [marks, "tok-0001-Zq"]
+    httpserver.clear()
+    serve_servers(httpserver, ["tok-0000-Zq", "tok-0001-Zq"], [marks, "b" + marks[1:]])
+    started = time.monotonic()
+    code, servers = servers_json(cli)
+    assert time.monotonic() - started < 15  # about 1 s here
+    assert (code, [server["name"] for server in servers]) == (0, [marks, "b" + marks[1:]])
+
+
 def test_hostile__tokens_that_differ_only_in_case_cost_masking_no_more(httpserver: HTTPServer, cli: Any,
                                                                        token_env: None) -> None:
     """1 024 tokens of i and dotless i (one letter to re.IGNORECASE), beside
@@ -5186,6 +5214,8 @@ def test_home_users__switch_sends_the_pin_only_in_its_query(httpserver: HTTPServ
     base64.b64encode(HOME_PIN.encode("utf-16-le")).decode(),
     base64.b64encode(base64.b64encode(HOME_PIN.encode())).decode(),
     " ".join(base64.b64encode(HOME_PIN.encode("utf-16-le")).decode()),
+    "".join(f"&#x{0x660 + int(digit):x};" for digit in HOME_PIN), "8&#8203;3&#8203;6&#8203;2",
+    "v1." + base64.b64encode(TOKEN.encode("utf-16-le")).decode(),
     fullwidth(TOKEN), base64.b64encode(TOKEN.encode("utf-16-le")).decode(),
 ])
 def test_home_users__a_token_that_is_the_pin_or_the_token_used_in_another_case_is_refused(
