@@ -28,6 +28,7 @@ import array
 import base64
 import binascii
 import bisect
+import codecs
 import contextlib
 import copy
 import dataclasses
@@ -454,8 +455,13 @@ def _token(value: Any) -> str | None:
 #: made of little else: a random token holds four given digits about once
 #: in a million.
 _CONTAINED_SECRET_CHARS = 6
-#: A run of base64 or hex in a token, as long as the base64 of a Home PIN.
-_ENCODED_RUN = "[A-Za-z0-9+/_-]{6,}"
+#: A token's runs of base64 or hex that are decoded at most (a JWT with
+#: many claims has a few thousand characters); past them it is refused.
+_MAX_DECODED_TOKEN_CHARS = 16 * 1024
+#: Runs of base64 or hex in a token, as long as the base64 of a Home PIN,
+#: hex on its own too ("tok-" and hex is one run of base64), and base64 in
+#: padded pieces ("aHVudGU=cjJz...", which a decoder reads on through).
+_TOKEN_RUNS = ("[A-Za-z0-9+/_-]{6,}", "[0-9a-fA-F]{8,}", "[A-Za-z0-9+/_-]+(?:=+[A-Za-z0-9+/_-]+)+")
 
 
 def _made_of_secrets(token: str) -> bool:
@@ -475,45 +481,66 @@ def _made_of_secrets(token: str) -> bool:
         return False
     # As a reader reads it: escapes undone, without markup, gaps or invisible
     # characters, its letters plain; and each run of base64 or hex in it
-    # decoded once (a secret's UTF-16, or its base64: one encoded twice, or a
-    # JWT's claims), which _mask does not undo, when its bytes can hold one.
-    # Not what _reveals cannot rule out: a long token (a JWT with many
-    # claims) is more than it reads through, and would be refused.
+    # decoded, up to _DECODE_DEPTH times over (a secret's UTF-16, its base64:
+    # one encoded twice, a JWT's claims), which _mask does not undo, when its
+    # bytes can hold one.  Not what _reveals cannot rule out: a long token (a
+    # JWT with many claims) is more than it reads through, and would be refused.
     readings = _read_token(token)
+    if readings is None:
+        return True
     shortest = 0 if short else _byte_forms(looked_for).shortest
-    runs = (run for reading in readings for pattern in (_ENCODED_RUN, _HEX_RUN) for run in re.findall(pattern, reading))
-    for run in dict.fromkeys(runs):  # (hex on its own too: "tok-" and hex is one run of base64)
-        if 3 * (len(run) + 3) // 4 < shortest:  # a token as long as the one sent
-            continue
-        for data in _decoded_bytes(run):
-            # Its bytes without gaps and NULs, for the secrets' bytes read the
-            # same way; as text, if it is UTF-8 (base64 twice, a JWT's claims).
-            bare = data.translate(None, _BYTE_GAPS).lower()
-            if looked_for and _byte_forms(looked_for).pattern.search(bare):
+    budget = _MAX_DECODED_TOKEN_CHARS
+    texts = readings
+    for _ in range(_DECODE_DEPTH):
+        runs = dict.fromkeys(run for text in texts for pattern in _TOKEN_RUNS for run in re.findall(pattern, text))
+        texts = []
+        for run in runs:
+            if 3 * (len(run) + 3) // 4 < shortest:  # a token as long as the one sent
+                continue
+            budget -= len(run)
+            if budget < 0:  # more than can be looked through (no real token is): refused, to be safe
                 return True
-            # A short secret only in bytes made of little else, as in the token.
-            if short and len(_byte_forms(short).pattern.sub(b"", bare)) < min(len(bare), _CONTAINED_SECRET_CHARS):
-                return True
-            with contextlib.suppress(UnicodeDecodeError):
-                readings += _read_token(data.decode("utf-8"))
+            for data in _decoded_bytes(run):
+                # Its bytes without gaps and NULs, for the secrets' bytes read the
+                # same way; as text, if it is UTF-8 (base64 twice, a JWT's claims).
+                bare = data.translate(None, _BYTE_GAPS).lower()
+                if looked_for and _byte_forms(looked_for).pattern.search(bare):
+                    return True
+                # A short secret only in bytes made of little else, as in the token.
+                if short and len(_byte_forms(short).pattern.sub(b"", bare)) < min(len(bare), _CONTAINED_SECRET_CHARS):
+                    return True
+                with contextlib.suppress(UnicodeDecodeError):
+                    decoded = _read_token(data.decode("utf-8"))
+                    if decoded is None:
+                        return True
+                    texts += decoded
+        readings += texts
     # Looked for as _reveals looks (each view of a secret read by _plain, and
     # its hex), casefolded: that spells out ligatures and sharp s (an "ffi"
     # in one character), as _mask's fold cannot.  (Its base64 is decoded above.)
     folded = [reading.casefold() for reading in readings]
     wanted = _wanted(_pieces(looked_for))
-    if wanted and wanted.texts.pattern.search("\n".join(folded)):
-        return True
+    numbers = [float(number) for reading in readings for number in re.findall(_NUMBER, reading)]
+    wanted = _wanted(_pieces(looked_for))
+    if wanted and (wanted.texts.pattern.search("\n".join(folded)) or not wanted.numbers.isdisjoint(numbers)):
+        return True  # (a code of digits also as a number: 4.82913e5)
     wanted = _wanted(_pieces(short))
-    # Little but a short secret, as in its bytes.
-    return wanted is not None and any(
-        len(wanted.texts.pattern.sub("", reading)) < min(len(reading), _CONTAINED_SECRET_CHARS) for reading in folded)
+    if wanted is None:
+        return False
+    # Little but a short secret, as in its bytes (a PIN also as a number: 1.234e3).
+    return any(len(wanted.texts.pattern.sub("", reading)) < min(len(reading), _CONTAINED_SECRET_CHARS)
+               or (re.fullmatch(_NUMBER, reading) is not None and float(reading) in wanted.numbers)
+               for reading in folded)
 
 
-def _read_token(token: str) -> list[str]:
+def _read_token(token: str) -> list[str] | None:
     """``token`` as a reader may read it: itself, with its escapes undone,
-    without markup, and each of these as _plain reads it."""
+    without markup, and each of these as _plain reads it; None when it is
+    escaped more times over than the views undo."""
     # (Most tokens hold no escape: no views made.)
     texts = [view.text for view in _views(token)] if any(start in token for start in _ESCAPE_STARTS) else [token]
+    if len(texts) > _UNESCAPE_PASSES:
+        return None
     texts += (_unmarked(text, tags=True) for text in texts[:] if "<" in text)
     return list(dict.fromkeys([*texts, *map(_plain, texts)]))
 
@@ -541,6 +568,8 @@ def _byte_forms(secrets: tuple[str, ...]) -> _ByteForms:
     for secret in map(_plain, secrets):
         raw = secret.encode("utf-8", "surrogatepass")
         forms.update((raw, secret.encode("utf-16-le", "surrogatepass"), secret.encode("utf-16-be", "surrogatepass")))
+        with contextlib.suppress(UnicodeEncodeError):
+            forms.add(secret.encode("latin-1"))
         forms.update(core.encode("ascii") for core in _base64_cores(raw))
     found = sorted({form.translate(None, _BYTE_GAPS).lower() for form in forms} - {b""}, key=len, reverse=True)
     # With nothing to find (a password of spaces), a pattern that matches nothing.
@@ -1858,8 +1887,21 @@ def _unescape(match: re.Match[str]) -> str | None:
                 return html.entities.html5[name[:end]] + name[end:]
         return None
     if percent or hex_bytes:
-        return bytes.fromhex((percent or hex_bytes).replace("%", "").replace("\\x", "")).decode("utf-8", "replace")
+        data = bytes.fromhex((percent or hex_bytes).replace("%", "").replace("\\x", ""))
+        return data.decode("utf-8", _AS_LATIN_1)
     return " " if plus else None
+
+
+def _latin_1(error: UnicodeError) -> tuple[str, int]:
+    """Bytes that are not UTF-8 read as Latin-1, one character each: text
+    percent-encoded from Latin-1 (PHP's urlencode of Latin-1 text, old Java)."""
+    if not isinstance(error, UnicodeDecodeError):
+        raise error
+    return error.object[error.start:error.end].decode("latin-1"), error.end
+
+
+_AS_LATIN_1 = "plexauth.latin-1"
+codecs.register_error(_AS_LATIN_1, _latin_1)
 
 
 def _views(text: str) -> list[_View]:
@@ -1935,7 +1977,10 @@ def _mask(text: str, secrets: tuple[str, ...], *, keys: bool = True, views: list
     secret-looking keys, replaced by ``***``: raw, JSON- or XML/HTML-escaped,
     percent-encoded, in base64, or any mix of these.  ``views``: the text's, if
     worked out already."""
-    forms = _secret_forms(_pieces(secrets))
+    pieces = _pieces(secrets)
+    if text and _utf8_length(pieces) > _MAX_SECRET_BYTES:  # (a 2 MiB token revoked): withheld, as in _shown
+        return "***"
+    forms = _secret_forms(pieces)
     spans: list[tuple[int, int]] = []
     for view in views or _views(text):
         if forms and not _spend(forms.cost(len(view.text))):
@@ -2134,7 +2179,7 @@ _BRACKETED = "<[^<>]*>"
 #: Base64 runs read as such: as long as the base64 of the shortest secret (a
 #: Home PIN's is 6 characters), but never shorter than 6, nor longer than 8.
 _BASE64_RUN = r"[A-Za-z0-9+/_-]{%d,}"
-_HEX_RUN = r"(?:[0-9a-fA-F]{2}){4,}"
+_HEX_RUN = "[0-9a-fA-F]{8,}"  # whole: "value 0041..." is read from its "e" too, and from the 0
 _NUMBER = r"\d+(?:\.\d*)?(?:[eE][-+]?\d+)?"  # in any script's digits: float() reads them
 #: _reveals decodes base64 and hex this many times over (hex of base64, base64 twice...).
 _DECODE_DEPTH = 2
@@ -2152,7 +2197,10 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
     Latin-1, UTF-8 as Latin-1), more escapes than _mask undoes, base64 or hex
     of any of these, up to _DECODE_DEPTH times over.  Past the call's
     deadline it raises _OutOfTime (through _View.unescaped)."""
-    wanted = _wanted(_pieces(secrets))
+    pieces = _pieces(secrets)
+    if _utf8_length(pieces) > _MAX_SECRET_BYTES:
+        return bool(text)  # withheld, as in _shown
+    wanted = _wanted(pieces)
     if wanted is None:
         return False
     # A PIN or code of digits echoed as a number: maybe without its leading zeros, as 482.0, 4.82e2 or 1.2e+16.
@@ -2178,13 +2226,17 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
         for candidate in dict.fromkeys(candidates):
             candidate_views = views if views and candidate is text else _views(candidate)
             for view in candidate_views:
-                joined = _plain(view.text)
-                folded = joined.casefold()
-                if not _spend(wanted.texts.cost(len(folded))) or wanted.texts.pattern.search(folded):
-                    return True  # found, or more than this output may take: withheld, to be safe
-                if depth < _DECODE_DEPTH:
-                    runs.update(re.findall(wanted.base64_run, joined))
-                    runs.update(re.findall(_HEX_RUN, joined))
+                seen = [view.text]
+                if view.parent is not None and "<" in view.text:  # markup that was escaped ("&lt;wbr&gt;")
+                    uncommented = _unmarked(view.text, tags=False)
+                    seen += (_unmarked(uncommented, tags=True), re.sub(_BRACKETED, "", uncommented))
+                for joined in map(_plain, seen):
+                    folded = joined.casefold()
+                    if not _spend(wanted.texts.cost(len(folded))) or wanted.texts.pattern.search(folded):
+                        return True  # found, or more than this output may take: withheld, to be safe
+                    if depth < _DECODE_DEPTH:
+                        runs.update(re.findall(wanted.base64_run, joined))
+                        runs.update(re.findall(_HEX_RUN, joined))
             if len(candidate_views) > _UNESCAPE_PASSES:
                 return True  # escaped more times over than the views undo: withheld, to be safe
         budget -= 4 * sum(map(len, runs))  # each run is read four ways
@@ -2288,11 +2340,11 @@ def _wanted(secrets: tuple[str, ...]) -> _Wanted | None:
 
 
 def _readings(data: bytes) -> list[str]:
-    """``data`` read as UTF-8 and as UTF-16 from either end, from its first
-    two bytes (what a reader may try on bytes of unknown encoding)."""
-    return [data.decode("utf-8", "ignore")] + [
-        data[start:].decode(encoding, "ignore") for encoding in ("utf-16-le", "utf-16-be") for start in range(2)
-    ]
+    """``data`` read as UTF-8, as Latin-1 and as UTF-16 from either end, from
+    its first two bytes (what a reader may try on bytes of unknown encoding)."""
+    texts = [data.decode("utf-8", "ignore"), data.decode("latin-1")]
+    texts += (data[start:].decode(encoding, "ignore") for encoding in ("utf-16-le", "utf-16-be") for start in range(2))
+    return list(dict.fromkeys(texts))  # (ASCII reads alike as UTF-8 and Latin-1)
 
 
 def _decoded(run: str) -> list[str]:
@@ -2300,16 +2352,23 @@ def _decoded(run: str) -> list[str]:
     return [text for data in _decoded_bytes(run) for text in _readings(data)]
 
 
+def _padded(chunk: str) -> str:
+    # One character left over carries no byte.
+    chunk = chunk[: len(chunk) - (len(chunk) % 4 == 1)]
+    return chunk + "=" * (-len(chunk) % 4)
+
+
 def _decoded_bytes(run: str) -> list[bytes]:
     """What ``run`` may say in base64 (read from each of its first four
     characters, a last partial group too) or in hex (from either of its
     first two)."""
+    if "=" in run:  # base64 in padded pieces, read on through as a decoder does
+        pieces = [piece.translate(_STANDARD_ALPHABET) for piece in re.split("=+", run)]
+        return [b"".join(binascii.a2b_base64(_padded(piece)) for piece in pieces)]
     found = []
     standard = run.translate(_STANDARD_ALPHABET)
     for start in range(4):
-        chunk = standard[start:]
-        chunk = chunk[: len(chunk) - (len(chunk) % 4 == 1)]  # one character left over carries no byte
-        found.append(binascii.a2b_base64(chunk + "=" * (-len(chunk) % 4)))  # as b64decode, without its checks
+        found.append(binascii.a2b_base64(_padded(standard[start:])))  # as b64decode, without its checks
     for start in range(2):
         chunk = run[start:]
         chunk = chunk[: len(chunk) // 2 * 2]

@@ -357,6 +357,12 @@ def echo_forms(secret: str) -> dict[str, str]:
             (0x1D7CE - 48 if char.isdigit() else 0x1D400 - 65 if char.isupper() else 0x1D41A - 97) + ord(char))
             for char in secret),
         "other-digits": secret.translate({digit: 0x0660 + digit - 48 for digit in range(48, 58)}),  # Arabic-Indic
+        "markup-escaped": secret[:5] + "&lt;wbr&gt;" + secret[5:],
+        "hex-of-utf-16-be-after-word": "value " + secret.encode("utf-16-be").hex(),  # read from its "e" too
+        # As a server that works in Latin-1 writes it (for an ASCII secret, as in UTF-8).
+        "percent-latin-1": urllib.parse.quote(secret, safe="", encoding="latin-1", errors="replace"),
+        "hex-latin-1": secret.encode("latin-1", "replace").hex(),
+        "base64-latin-1": base64.b64encode(secret.encode("latin-1", "replace")).decode(),
     }
 
 
@@ -604,7 +610,8 @@ def assert_no_secret(text: str, canaries: tuple[str, ...] = CANARIES, depth: int
     lowered = packed.lower()
     for canary in canaries:
         assert "".join(canary.split()) not in packed
-        assert canary.encode().hex() not in lowered
+        for data in encodings(canary):
+            assert data.hex() not in lowered
     runs = set(re.findall(r"[A-Za-z0-9+/_-]{8,}={0,2}", packed))
     runs.update(re.findall(r"[0-9a-fA-F]{8,}", packed))  # hex inside a longer run of letters
     if depth == 0:
@@ -614,10 +621,15 @@ def assert_no_secret(text: str, canaries: tuple[str, ...] = CANARIES, depth: int
         for data in decodings(run):
             for form in (data, urllib.parse.unquote_to_bytes(data.replace(b"+", b" "))):
                 for canary in canaries:
-                    assert canary.encode() not in form
+                    assert not any(encoded in form for encoded in encodings(canary))
             readings += [data.decode(encoding, "ignore") for encoding in ("utf-8", "utf-16-le", "utf-16-be")]
     if readings:
         assert_no_secret("\n".join(dict.fromkeys(readings)), canaries, depth - 1)
+
+
+def encodings(canary: str) -> list[bytes]:
+    """``canary`` in UTF-8, and in Latin-1 when it can be."""
+    return [canary.encode(), *([canary.encode("latin-1")] if max(canary) <= "\xff" else [])]
 
 
 def decodings(run: str) -> list[bytes]:
@@ -679,6 +691,10 @@ def secret_views(text: str, wrong_charsets: bool = True) -> set[str]:
         view = start
         for _ in range(6):
             views.add(view)
+            if "%" in view:
+                views.add(urllib.parse.unquote_plus(view, encoding="latin-1"))  # percent-encoded from Latin-1
+            if "<" in view:
+                views.add(re.sub(r"<[^<>]*>", "", uncommented(view)))  # markup that was escaped
             view = urllib.parse.unquote_plus(_json_unescaped(html.unescape(view)))
         views.add(view)
     if wrong_charsets:  # UTF-16 bytes that were read as UTF-8 or Latin-1
@@ -1513,7 +1529,8 @@ SIGN_IN_SECRETS = {"token": TOKEN, "password": PASSWORD, "code": CODE}
 # Forms found only by decoding the text further than masking can map back.
 WITHHELD_FORMS = {"base64-wrapped", "base64-twice", "hex-of-base64", "base64-of-hex", "hex-of-utf-16",
                   "percent-5-times", "base64-of-utf-16", "markup-comment", "markup-unclosed-comment",
-                  "fullwidth", "invisible-split", "fullwidth-invisible", "markup-styled", "other-digits"}
+                  "fullwidth", "invisible-split", "fullwidth-invisible", "markup-styled", "other-digits",
+                  "markup-escaped", "hex-of-utf-16-be-after-word", "hex-latin-1", "base64-latin-1"}
 
 
 
@@ -2218,6 +2235,7 @@ def test_signin__a_token_in_an_answer_that_cannot_be_used_is_revoked(fault_serve
                                   CODE[:6] + "%E2%80%8B" + CODE[6:],
                                   "".join(f"&#x{ord(char):X};" for char in fullwidth(CODE)),
                                   "tok-" + CODE.encode("utf-16-le").hex(),
+                                  base64.b64encode(base64.b64encode(PASSWORD.encode("utf-16-le"))).decode(),
                                   # A JWT whose claims hold it JSON-escaped (as json.dumps writes "\u00fc").
                                   "eyJhbGciOiJIUzI1NiJ9." + base64.urlsafe_b64encode(json.dumps(
                                       {"sub": "me", "p": PASSWORD}).encode()).decode().rstrip("=") + "." + "s" * 43])
@@ -2236,6 +2254,30 @@ def test_signin__a_new_token_that_holds_a_secret_of_the_request_is_refused(fault
     assert info.value.reason == ("a token in it holds a secret the request sent (its password, code or token); "
                                  "the new token in it was revoked")
     assert revoked == [made.encode().decode("latin-1")]  # as the raw server reads the header's bytes
+
+
+@pytest.mark.parametrize("made", ["4.82913e5", "t-482913.0-x"])
+def test_signin__a_new_token_that_holds_the_code_as_a_number_is_refused(fault_server: Any, made: str) -> None:
+    server, revoked = revoking_signin_server(
+        fault_server, json.dumps({"id": 1, "uuid": "u", "username": "me", "authToken": made}).encode())
+    with raises(ResponseError) as info:
+        plexauth.post_users_sign_in_data(hostile_config(server.port), "me", PASSWORD, verification_code="482913")
+    assert info.value.reason.startswith("a token in it holds a secret the request sent")
+    assert revoked == [made]
+
+
+def test_home_users__a_token_of_many_runs_to_decode_is_refused_in_time(httpserver: HTTPServer,
+                                                                       config: Config) -> None:
+    # 2 MiB of short hex runs, each to decode: no token is so long, and none is looked through past a bound.
+    made = ".".join(f"{number:06x}" for number in range(280_000))
+    httpserver.expect_request("/api/v2/home/users/kid-uuid-0001/switch", method="POST").respond_with_json(
+        {**ACCOUNT, "authToken": made}, status=201)
+    started = time.monotonic()
+    with raises(ResponseError) as info:
+        plexauth.switch_home_user(dataclasses.replace(config, total_timeout=2.0),
+                                  plexauth.HomeUser(id=2, uuid="kid-uuid-0001"), pin=HOME_PIN)
+    assert time.monotonic() - started < 8  # well under a second here
+    assert info.value.reason.startswith("a token in it holds a secret the request sent")
 
 
 @pytest.mark.parametrize("password", [" " * 8, "\u200b" * 8], ids=["spaces", "zero-width"])
@@ -5216,6 +5258,9 @@ def test_home_users__switch_sends_the_pin_only_in_its_query(httpserver: HTTPServ
     " ".join(base64.b64encode(HOME_PIN.encode("utf-16-le")).decode()),
     "".join(f"&#x{0x660 + int(digit):x};" for digit in HOME_PIN), "8&#8203;3&#8203;6&#8203;2",
     "v1." + base64.b64encode(TOKEN.encode("utf-16-le")).decode(),
+    # Twice over, as a number, or in padded pieces of base64 (which a decoder reads on through).
+    base64.b64encode(base64.b64encode(HOME_PIN.encode("utf-16-le"))).decode(), "8.362e3",
+    base64.b64encode(TOKEN[:7].encode()).decode() + base64.b64encode(TOKEN[7:].encode()).decode(),
     fullwidth(TOKEN), base64.b64encode(TOKEN.encode("utf-16-le")).decode(),
 ])
 def test_home_users__a_token_that_is_the_pin_or_the_token_used_in_another_case_is_refused(
