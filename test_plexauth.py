@@ -678,6 +678,8 @@ def readable(text: str) -> str:
     """``text`` as a reader sees it: NFKC-normalised (fullwidth and styled
     letters as plain ones), without what shows nothing (format characters and
     marks that stand alone), digits of any script as ASCII ones."""
+    if text.isascii():  # (most texts: reads as it is)
+        return text
     return "".join(str(unicodedata.decimal(char, char)) for char in unicodedata.normalize("NFKC", text)
                    if unicodedata.category(char) not in ("Cf", "Mn"))
 
