@@ -53,7 +53,7 @@ import threading
 import time
 import urllib.parse
 import zlib
-from typing import Any, Callable, Iterator, Mapping, NoReturn, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, NoReturn, Sequence, TypeVar, cast
 
 import urllib3
 
@@ -1895,9 +1895,8 @@ def _unescape(match: re.Match[str]) -> str | None:
 def _latin_1(error: UnicodeError) -> tuple[str, int]:
     """Bytes that are not UTF-8 read as Latin-1, one character each: text
     percent-encoded from Latin-1 (PHP's urlencode of Latin-1 text, old Java)."""
-    if not isinstance(error, UnicodeDecodeError):
-        raise error
-    return error.object[error.start:error.end].decode("latin-1"), error.end
+    undecoded = cast(UnicodeDecodeError, error)  # (registered for decoding only)
+    return undecoded.object[undecoded.start:undecoded.end].decode("latin-1"), undecoded.end
 
 
 _AS_LATIN_1 = "plexauth.latin-1"

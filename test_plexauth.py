@@ -5258,6 +5258,10 @@ def test_home_users__switch_sends_the_pin_only_in_its_query(httpserver: HTTPServ
                    if record.name.split(".")[0] in ("plexauth", "urllib3"))  # werkzeug's are plex.tv's own
 
 
+PIN_ESCAPED_5_TIMES = functools.reduce(lambda text, _: urllib.parse.quote(text, safe=""), range(4),
+                                       "".join(f"%{ord(digit):02X}" for digit in HOME_PIN))
+
+
 @pytest.mark.parametrize("made", [
     HOME_PIN, base64.b64encode(HOME_PIN.encode()).decode().rstrip("="),
     "".join(f"%{ord(digit):02X}" for digit in HOME_PIN), TOKEN.upper(), TOKEN.swapcase(),
@@ -5273,6 +5277,8 @@ def test_home_users__switch_sends_the_pin_only_in_its_query(httpserver: HTTPServ
     # Twice over, as a number, or in padded pieces of base64 (which a decoder reads on through).
     base64.b64encode(base64.b64encode(HOME_PIN.encode("utf-16-le"))).decode(), "8.362e3",
     base64.b64encode(TOKEN[:7].encode()).decode() + base64.b64encode(TOKEN[7:].encode()).decode(),
+    # Escaped more times over than masking undoes, as it is or in base64.
+    PIN_ESCAPED_5_TIMES, base64.b64encode(PIN_ESCAPED_5_TIMES.encode()).decode(),
     fullwidth(TOKEN), base64.b64encode(TOKEN.encode("utf-16-le")).decode(),
 ])
 def test_home_users__a_token_that_is_the_pin_or_the_token_used_in_another_case_is_refused(
