@@ -520,10 +520,11 @@ def _made_of_secrets(token: str) -> bool:
     # in one character), as _mask's fold cannot.  (Its base64 is decoded above.)
     folded = [reading.casefold() for reading in readings]
     wanted = _wanted(_pieces(looked_for))
-    numbers = [float(number) for reading in readings for number in re.findall(_NUMBER, reading)]
-    wanted = _wanted(_pieces(looked_for))
-    if wanted and (wanted.texts.pattern.search("\n".join(folded)) or not wanted.numbers.isdisjoint(numbers)):
-        return True  # (a code of digits also as a number: 4.82913e5)
+    if wanted and wanted.texts.pattern.search("\n".join(folded)):
+        return True
+    if wanted and wanted.numbers and not wanted.numbers.isdisjoint(
+            float(number) for reading in readings for number in re.findall(_NUMBER, reading)):
+        return True  # a code of digits as a number (4.82913e5); looked for only when one was sent
     wanted = _wanted(_pieces(short))
     if wanted is None:
         return False

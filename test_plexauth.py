@@ -356,7 +356,7 @@ def echo_forms(secret: str) -> dict[str, str]:
         "markup-styled": "<!---->".join(char if not char.isascii() or not char.isalnum() else chr(
             (0x1D7CE - 48 if char.isdigit() else 0x1D400 - 65 if char.isupper() else 0x1D41A - 97) + ord(char))
             for char in secret),
-        "other-digits": secret.translate({digit: 0x0660 + digit - 48 for digit in range(48, 58)}),  # Arabic-Indic
+        "other-digits": secret.translate(ARABIC_INDIC),
         "markup-escaped": secret[:5] + "&lt;wbr&gt;" + secret[5:],
         "hex-of-utf-16-be-after-word": "value " + secret.encode("utf-16-be").hex(),  # read from its "e" too
         # As a server that works in Latin-1 writes it (for an ASCII secret, as in UTF-8).
@@ -364,6 +364,10 @@ def echo_forms(secret: str) -> dict[str, str]:
         "hex-latin-1": secret.encode("latin-1", "replace").hex(),
         "base64-latin-1": base64.b64encode(secret.encode("latin-1", "replace")).decode(),
     }
+
+
+#: ASCII digits to Arabic-Indic ones, as a server of another locale may write them.
+ARABIC_INDIC = {digit: 0x0660 + digit - 48 for digit in range(48, 58)}
 
 
 def fullwidth(text: str) -> str:
@@ -5267,7 +5271,7 @@ PIN_ESCAPED_5_TIMES = functools.reduce(lambda text, _: urllib.parse.quote(text, 
     "".join(f"%{ord(digit):02X}" for digit in HOME_PIN), TOKEN.upper(), TOKEN.swapcase(),
     # Little but the PIN to a reader: spaced out, padded with what shows nothing, split by markup...
     " ".join(HOME_PIN), HOME_PIN + " " * 6, HOME_PIN + "\u200b" * 6, "83<!---->62", fullwidth(HOME_PIN),
-    HOME_PIN.translate({digit: 0x0660 + digit - 48 for digit in range(48, 58)}),
+    HOME_PIN.translate(ARABIC_INDIC),
     # ... or encoded twice over (UTF-16 in base64, base64 in base64), as the token used may be.
     base64.b64encode(HOME_PIN.encode("utf-16-le")).decode(),
     base64.b64encode(base64.b64encode(HOME_PIN.encode())).decode(),
