@@ -253,7 +253,16 @@ def _check_text(label: str, value: Any, *, optional: bool = False, secret: bool 
         raise ValueError(f"{label} must not contain control characters{shown}")
     if not _is_text(value):
         raise ValueError(f"{label} must not contain lone surrogates{shown}")
+    if secret and len(value.encode("utf-8")) > _MAX_SECRET_LENGTH:
+        raise ValueError(f"{label} must not be over {_MAX_SECRET_LENGTH // 1024} KiB long (in UTF-8)")
     return value
+
+
+#: A secret (a token, a password, a code) longer than this in UTF-8 is
+#: refused, and a token an answer holds is no token: no server takes a
+#: header line that long (nginx's limit is 8 KiB; plex.tv's JWTs have a few
+#: hundred characters), and every answer is searched for a request's secrets.
+_MAX_SECRET_LENGTH = 8 * 1024
 
 
 def _is_text(value: str) -> bool:
@@ -442,9 +451,11 @@ def _time(value: Any) -> datetime.datetime | None:
 
 
 def _token(value: Any) -> str | None:
-    """A token: text that can travel in a header (none other can be used, or
-    revoked).  A pending PIN's token is null in JSON and "" in XML."""
-    if not isinstance(value, str) or not value.strip() or _CONTROL_CHARS.search(value) or not _is_text(value):
+    """A token: text that can travel in a header, and not too long for one
+    (none other can be used, or revoked).  A pending PIN's token is null in
+    JSON and "" in XML."""
+    if (not isinstance(value, str) or not value.strip() or _CONTROL_CHARS.search(value) or not _is_text(value)
+            or len(value.encode("utf-8")) > _MAX_SECRET_LENGTH):
         return None
     if _made_of_secrets(value):
         raise _Invalid("a token in it holds a secret the request sent (its password, code or token)")
@@ -455,13 +466,22 @@ def _token(value: Any) -> str | None:
 #: made of little else: a random token holds four given digits about once
 #: in a million.
 _CONTAINED_SECRET_CHARS = 6
-#: A token's runs of base64 or hex that are decoded at most (a JWT with
-#: many claims has a few thousand characters); past them it is refused.
-_MAX_DECODED_TOKEN_CHARS = 16 * 1024
-#: Runs of base64 or hex in a token, as long as the base64 of a Home PIN,
-#: hex on its own too ("tok-" and hex is one run of base64), and base64 in
-#: padded pieces ("aHVudGU=cjJz...", which a decoder reads on through).
-_TOKEN_RUNS = ("[A-Za-z0-9+/_-]{6,}", "[0-9a-fA-F]{8,}", "[A-Za-z0-9+/_-]+(?:=+[A-Za-z0-9+/_-]+)+")
+#: A token's runs of base64 or hex that are decoded at most (its readings
+#: and what they decode to); past them it is refused.
+_MAX_DECODED_TOKEN_CHARS = 2 * _MAX_SECRET_LENGTH
+
+
+def _token_runs(text: str) -> Iterator[str]:
+    """The runs of base64 or hex in a reading of a token: as long as the
+    base64 of a Home PIN, hex on its own too ("tok-" and hex is one run of
+    base64), and base64 in padded pieces ("aHVudGU=cjJz...", which a decoder
+    reads on through).  Each found in time linear in ``text``."""
+    yield from re.findall("[A-Za-z0-9+/_-]{6,}", text)
+    yield from re.findall("[0-9a-fA-F]{8,}", text)
+    # (Not "[...]+(?:=+[...]+)+": from each start in a long run without "=" it
+    # would read to the run's end and back, in time quadratic in its length.)
+    padded = (run.strip("=") for run in re.findall("[A-Za-z0-9+/_=-]{3,}", text))
+    yield from (run for run in padded if "=" in run)
 
 
 def _made_of_secrets(token: str) -> bool:
@@ -492,7 +512,7 @@ def _made_of_secrets(token: str) -> bool:
     budget = _MAX_DECODED_TOKEN_CHARS
     texts = readings
     for _ in range(_DECODE_DEPTH):
-        runs = dict.fromkeys(run for text in texts for pattern in _TOKEN_RUNS for run in re.findall(pattern, text))
+        runs = dict.fromkeys(run for text in texts for run in _token_runs(text))
         texts = []
         for run in runs:
             if 3 * (len(run) + 3) // 4 < shortest:  # a token as long as the one sent
@@ -3992,10 +4012,18 @@ def _read_stdin(what: str) -> str:
     if sys.stdin is None:
         raise _UsageError(f"no {what}: there is no standard input")
     try:
-        return sys.stdin.readline(_MAX_KEPT_BYTES)
+        text = sys.stdin.readline(_MAX_KEPT_BYTES + 2)
     except (OSError, ValueError) as exc:  # ValueError: closed
         why = getattr(exc, "strerror", None) or "it is closed"
         raise _UsageError(f"cannot read the {what} from standard input ({why})") from None
+    return _whole(text, f"the {what} from standard input")
+
+
+def _whole(text: str, what: str) -> str:
+    # Read one character past the bound and a line ending: a longer secret is refused, not cut short.
+    if len(_one_line(text)) > _MAX_KEPT_BYTES:
+        raise _UsageError(f"{what} is longer than {_MAX_KEPT_BYTES} characters")
+    return text
 
 
 def _one_line(text: str) -> str:
@@ -4009,9 +4037,10 @@ def _read_file(path: str, what: str) -> str:
         return _read_stdin(what)
     try:
         with open(path, encoding="utf-8") as file:
-            return file.read(_MAX_KEPT_BYTES)
+            text = file.read(_MAX_KEPT_BYTES + 2)
     except (OSError, UnicodeDecodeError) as exc:
         raise _UsageError(f"cannot read the {what} file {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    return _whole(text, f"the {what} file {path!r}")
 
 
 def _cli_token(args: Any) -> tuple[str, str]:

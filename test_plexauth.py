@@ -1735,6 +1735,8 @@ print("ENV", reads)
         ({"device_name": "tv\udcff"}, ValueError, "Config.device_name must not contain lone surrogates, got 'tv"),
         ({"token": ""}, ValueError, "Config.token must not be empty"),
         ({"token": 123}, TypeError, "Config.token must be a str, not int"),
+        # No server takes a header line that long; and every answer is searched for it.
+        ({"token": "t" * 4000 + "\u00fc" * 2100}, ValueError, "Config.token must not be over 8 KiB long (in UTF-8)"),
         ({"device_name": ""}, ValueError, "Config.device_name must not be empty"),
         ({"product": None}, TypeError, "Config.product must be a str"),
         ({"server_url": 5}, TypeError, "Config.server_url must be a str, not int"),
@@ -2194,6 +2196,7 @@ def test_post_users_sign_in_data__minimal_form(httpserver: HTTPServer) -> None:
         ({"login": "", "password": "pw"}, ValueError, "login must not be empty, got ''$"),
         ({"login": "me", "password": "\ud800"}, ValueError, "password must not contain lone surrogates$"),
         ({"login": "me", "password": None}, TypeError, "password must be a str, not NoneType"),
+        ({"login": "me", "password": "p" * 8193}, ValueError, "password must not be over 8 KiB long \\(in UTF-8\\)$"),
         ({"login": "me", "password": "pw", "verification_code": 123456}, TypeError, "verification_code must be a str"),
     ],
 )
@@ -2282,10 +2285,14 @@ def test_signin__a_new_token_that_holds_the_code_as_a_number_is_refused(fault_se
     assert revoked == [made]
 
 
-def test_home_users__a_token_of_many_runs_to_decode_is_refused_in_time(httpserver: HTTPServer,
-                                                                       config: Config) -> None:
-    # 2 MiB of short hex runs, each to decode: no token is so long, and none is looked through past a bound.
-    made = ".".join(f"{number:06x}" for number in range(280_000))
+@pytest.mark.parametrize(("made", "reason"), [
+    # 2 MiB of short hex runs, each to decode: no token is so long (no header could carry it).
+    (".".join(f"{number:06x}" for number in range(280_000)), "'authToken' is missing or has the wrong type"),
+    # 8 KiB whose readings hold more runs to decode than any token looked through.
+    ("".join(f"z{i:04x}" + "a" * 95 + "%2B" for i in range(78)), "a token in it holds a secret the request sent"),
+], ids=["2-mib", "8-kib-of-runs"])
+def test_home_users__a_token_of_many_runs_to_decode_is_refused_in_time(httpserver: HTTPServer, config: Config,
+                                                                       made: str, reason: str) -> None:
     httpserver.expect_request("/api/v2/home/users/kid-uuid-0001/switch", method="POST").respond_with_json(
         {**ACCOUNT, "authToken": made}, status=201)
     started = time.monotonic()
@@ -2293,7 +2300,7 @@ def test_home_users__a_token_of_many_runs_to_decode_is_refused_in_time(httpserve
         plexauth.switch_home_user(dataclasses.replace(config, total_timeout=2.0),
                                   plexauth.HomeUser(id=2, uuid="kid-uuid-0001"), pin=HOME_PIN)
     assert time.monotonic() - started < 8  # well under a second here
-    assert info.value.reason.startswith("a token in it holds a secret the request sent")
+    assert info.value.reason.startswith(reason)
 
 
 @pytest.mark.parametrize("password", [" " * 8, "\u200b" * 8], ids=["spaces", "zero-width"])
@@ -2720,6 +2727,24 @@ def test_errors__unknown_status_phrase(httpserver: HTTPServer, config: Config) -
     with raises(APIError) as info:
         plexauth.get_token_details(config)
     assert str(info.value) == "GET /api/v2/user failed with 599"
+
+
+def test_errors__secrets_too_long_to_look_for_withhold_the_error(fault_server: Any) -> None:
+    # A JWT (its parts are looked for too), a password and a code of 8 KiB each: over 32 KiB of
+    # secrets, whose forms would take seconds to look for in the error's text: it is withheld.
+    def script(conn: socket.socket, request: Incoming) -> bool:
+        conn.sendall(http_answer(401, json.dumps({"errors": [{"code": 1001, "message": "bad password"}]}).encode()))
+        return True
+
+    server = fault_server(keep_alive(script))
+    jwt = "eyJ" + "a" * 2700 + "." + "b_" * 1350 + "." + "c-" * 1350
+    started = time.monotonic()
+    with raises(UnauthorizedError) as info:
+        plexauth.post_users_sign_in_data(hostile_config(server.port, token=jwt), "me", "p" * 8000,
+                                         verification_code="1" * 8000)
+    assert time.monotonic() - started < 5  # milliseconds here
+    assert (info.value.status, info.value.message, info.value.body) == (401, None, b"")
+    assert str(info.value) == "POST /api/v2/users/signin failed with 401 Unauthorized"
 
 
 def test_errors__error_body_is_cut_after_masking(httpserver: HTTPServer, config: Config) -> None:
@@ -3792,7 +3817,7 @@ def test_hostile__masking_keeps_each_text_to_a_budget(httpserver: HTTPServer, co
     (seconds each, about 100 s for the command's result and a repr of each
     server, before the budget): each name is withheld at once, from a repr
     and from the command's result, while the other servers' names show."""
-    serve_servers(httpserver, ["a" * 16_000 + "b"] + [f"tok-{i:04d}-Zq" for i in range(1, 50)], ["a" * 30_000] * 40)
+    serve_servers(httpserver, ["a" * 8_000 + "b"] + [f"tok-{i:04d}-Zq" for i in range(1, 50)], ["a" * 30_000] * 40)
     started = time.monotonic()
     shown = [repr(resource) for resource in plexauth.get_resources(config)]
     code, servers = servers_json(cli)
@@ -3809,7 +3834,7 @@ def test_hostile__masking_keeps_a_commands_result_to_a_budget(httpserver: HTTPSe
     then, the budget spent, the rest are withheld at once, while the short
     names of the last servers, which cost next to nothing, still show."""
     names = ["~" * 3_000] * 60 + [f"server n{i} of a friend" for i in range(60, 70)]
-    serve_servers(httpserver, ["~" * 16_000 + "b"] + [f"tok-{i:04d}-Zq" for i in range(1, 70)], names)
+    serve_servers(httpserver, ["~" * 8_000 + "b"] + [f"tok-{i:04d}-Zq" for i in range(1, 70)], names)
     code, servers = servers_json(cli)
     shown = [server["name"] for server in servers]
     whole = shown.index("***")
@@ -3835,16 +3860,17 @@ def test_hostile__comments_that_never_close_cost_masking_no_more(httpserver: HTT
 
 def test_hostile__combining_marks_out_of_order_cost_masking_no_more(httpserver: HTTPServer, config: Config,
                                                                     cli: Any, token_env: None) -> None:
-    """A token, and names, of 64 000 combining marks in the wrong order:
-    NFKC sorts them in time quadratic in the run (25 s for the token, over
+    """A token, and names, of combining marks in the wrong order: NFKC sorts
+    them in time quadratic in the run (25 s for a token of 64 000, over
     minutes for the command); cut into runs of 30, as UAX #15's stream-safe
     text has it, each reads in milliseconds, and the names are shown whole."""
     marks = "a" + "\u0301" * 32_000 + "\u0316" * 32_000
-    serve_servers(httpserver, [marks, "tok-0001-Zq"], [])
+    token = "a" + "\u0301" * 2_000 + "\u0316" * 2_000  # 8 000 bytes: the longest token taken
+    serve_servers(httpserver, [token, "tok-0001-Zq"], [])
     started = time.monotonic()
     resources = plexauth.get_resources(dataclasses.replace(config, total_timeout=5.0))
     assert time.monotonic() - started < 10  # well under a second here
-    assert [resource.access_token for resource in resources] == [marks, "tok-0001-Zq"]
+    assert [resource.access_token for resource in resources] == [token, "tok-0001-Zq"]
     httpserver.clear()
     serve_servers(httpserver, ["tok-0000-Zq", "tok-0001-Zq"], [marks, "b" + marks[1:]])
     started = time.monotonic()
@@ -4688,6 +4714,23 @@ def test_cli__sign_in_password_sources(
     assert (request.form["login"], request.form["password"], request.form["rememberMe"]) == ("me", PASSWORD, "true")
 
 
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_cli__a_password_too_long_to_read_is_refused_not_cut(
+    cli: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any, source: str
+) -> None:
+    long = "p" * 4097 + "\n"  # 4 096 characters are read
+    if source == "file":
+        (tmp_path / "pw").write_text(long, encoding="utf-8")
+        args, where = ["--password-file", str(tmp_path / "pw")], f"file {str(tmp_path / 'pw')!r}"
+    else:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(long))
+        args, where = ["--password-stdin"], "from standard input"
+    code, out, err = cli("sign-in", "--login", "me", *args)
+    assert (code, out) == (2, "")
+    assert err == f"plexauth: error: the password {where} is longer than 4096 characters\n"
+    assert httpserver.log == []
+
+
 def test_cli__sign_in_without_password_and_no_tty_exits_2(cli: Any, httpserver: HTTPServer) -> None:
     code, out, err = cli("sign-in", "--login", "me")
     assert (code, out) == (2, "")
@@ -5226,6 +5269,16 @@ def test_resources__one_without_a_client_identifier_is_a_response_error(httpserv
     with raises(ResponseError) as info:
         plexauth.get_resources(config)
     assert info.value.reason == "'clientIdentifier' is missing or has the wrong type"
+
+
+def test_resources__long_tokens_are_looked_through_in_time(httpserver: HTTPServer, config: Config) -> None:
+    # Runs of base64 without "=" as long as a token may be: each looked through in time linear in its length.
+    resources = [{**RESOURCES[1], "clientIdentifier": f"c{number}", "accessToken": "A" * 8000}
+                 for number in range(30)]
+    httpserver.expect_request("/api/v2/resources").respond_with_json(resources)
+    started = time.monotonic()
+    assert [found.access_token for found in plexauth.get_resources(config)] == ["A" * 8000] * 30
+    assert time.monotonic() - started < 5  # a tenth of a second here; 21 s when each took time quadratic in it
 
 
 @pytest.mark.parametrize("xml", [False, True], ids=["json", "xml"])
