@@ -529,11 +529,13 @@ def _made_of_secrets(token: str) -> bool:
                 # A short secret only in bytes made of little else, as in the token.
                 if short and len(_byte_forms(short).pattern.sub(b"", bare)) < min(len(bare), _CONTAINED_SECRET_CHARS):
                     return True
-                with contextlib.suppress(UnicodeDecodeError):
-                    decoded = _read_token(data.decode("utf-8"))
-                    if decoded is None:
-                        return True
-                    texts += decoded
+                # Without NULs too: text in UTF-16 (escaped: "%\x006\x008\x00...").
+                for text_bytes in dict.fromkeys((data, data.replace(b"\x00", b""))):
+                    with contextlib.suppress(UnicodeDecodeError):
+                        decoded = _read_token(text_bytes.decode("utf-8"))
+                        if decoded is None:
+                            return True
+                        texts += decoded
         readings += texts
     # Looked for as _reveals looks (each view of a secret read by _plain, and
     # its hex), casefolded: that spells out ligatures and sharp s (an "ffi"
@@ -562,7 +564,8 @@ def _read_token(token: str) -> list[str] | None:
     texts = [view.text for view in _views(token)] if any(start in token for start in _ESCAPE_STARTS) else [token]
     if len(texts) > _UNESCAPE_PASSES:
         return None
-    texts += (_unmarked(text, tags=True) for text in texts[:] if "<" in text)
+    texts += (unmarked for text in texts[:] for unmarked in _without_markup(text))
+    texts += (undone for text in texts[:] for undone in _misread(text))
     return list(dict.fromkeys([*texts, *map(_plain, texts)]))
 
 
@@ -589,8 +592,9 @@ def _byte_forms(secrets: tuple[str, ...]) -> _ByteForms:
     for secret in map(_plain, secrets):
         raw = secret.encode("utf-8", "surrogatepass")
         forms.update((raw, secret.encode("utf-16-le", "surrogatepass"), secret.encode("utf-16-be", "surrogatepass")))
-        with contextlib.suppress(UnicodeEncodeError):
-            forms.add(secret.encode("latin-1"))
+        for codec in ("latin-1", "cp1252"):
+            with contextlib.suppress(UnicodeEncodeError):
+                forms.add(secret.encode(codec))
         forms.update(core.encode("ascii") for core in _base64_cores(raw))
     found = sorted({form.translate(None, _BYTE_GAPS).lower() for form in forms} - {b""}, key=len, reverse=True)
     # With nothing to find (a password of spaces), a pattern that matches nothing.
@@ -1909,19 +1913,27 @@ def _unescape(match: re.Match[str]) -> str | None:
         return None
     if percent or hex_bytes:
         data = bytes.fromhex((percent or hex_bytes).replace("%", "").replace("\\x", ""))
-        return data.decode("utf-8", _AS_LATIN_1)
+        return data.decode("utf-8", _AS_WINDOWS_1252)
     return " " if plus else None
 
 
-def _latin_1(error: UnicodeError) -> tuple[str, int]:
-    """Bytes that are not UTF-8 read as Latin-1, one character each: text
-    percent-encoded from Latin-1 (PHP's urlencode of Latin-1 text, old Java)."""
-    undecoded = cast(UnicodeDecodeError, error)  # (registered for decoding only)
-    return undecoded.object[undecoded.start:undecoded.end].decode("latin-1"), undecoded.end
+def _windows_1252(error: UnicodeError) -> tuple[str | bytes, int]:
+    """Bytes that are not UTF-8 read as Windows-1252, one character each:
+    text percent-encoded from Latin-1 (PHP's urlencode of Latin-1 text, old
+    Java), whose bytes 0x80-0x9f browsers and Windows read as Windows-1252
+    (the five it leaves undefined as Latin-1, as WHATWG's decoder does).
+    Encoding, what Windows-1252 lacks is written as Latin-1, or dropped."""
+    if isinstance(error, UnicodeEncodeError):
+        return error.object[error.start:error.end].encode("latin-1", "ignore"), error.end
+    undecoded = cast(UnicodeDecodeError, error)
+    data = undecoded.object[undecoded.start:undecoded.end]
+    # (cp1252's own errors, the undefined bytes, come back here: read as Latin-1.)
+    text = data.decode("cp1252", _AS_WINDOWS_1252) if undecoded.encoding == "utf-8" else data.decode("latin-1")
+    return text, undecoded.end
 
 
-_AS_LATIN_1 = "plexauth.latin-1"
-codecs.register_error(_AS_LATIN_1, _latin_1)
+_AS_WINDOWS_1252 = "plexauth.windows-1252"
+codecs.register_error(_AS_WINDOWS_1252, _windows_1252)
 
 
 def _views(text: str) -> list[_View]:
@@ -2196,6 +2208,7 @@ _OTHER_DIGIT = r"(?![0-9])\d"
 _TAG = r"<(?:[^<>\"']|\"[^\"]*\"|'[^']*')*>"
 _TAG_OR_COMMENT = "<!--|" + _TAG
 _BRACKETED = "<[^<>]*>"
+_HTML_TAG = "<[^>]*>"  # HTML5 reads "<a<b>" as one tag
 #: Base64 runs read as such: as long as the base64 of the shortest secret (a
 #: Home PIN's is 6 characters), but never shorter than 6, nor longer than 8.
 _BASE64_RUN = r"[A-Za-z0-9+/_-]{%d,}"
@@ -2228,18 +2241,12 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
         return True
     import html  # noqa: PLC0415 (only shown text is checked)
 
-    uncdata = text.replace("<![CDATA[", "").replace("]]>", "")
-    untagged = _unmarked(uncdata, tags=True)
-    # A comment inside a quoted attribute is no comment to XML, but it is to a reader who drops comments first.
-    uncommented = _unmarked(uncdata, tags=False)
-    # Nor is a tag inside one, to a reader who drops whatever is between < and >.
-    unbracketed = re.sub(_BRACKETED, "", uncommented)
     readings = _readings(text.encode("latin-1", "ignore"))
     if not text.isascii():
         readings += _readings(text.encode("utf-8", "surrogatepass"))
     # Texts a reader might make of it; the many made by decoding are looked
     # through as one (a secret split across two of them is withheld too: safe).
-    candidates = [text, html.unescape(text), untagged, uncommented, unbracketed, "\n".join(readings)]
+    candidates = [text, html.unescape(text), *_without_markup(text), "\n".join(readings)]
     budget = _MAX_DECODED_CHARS
     for depth in range(_DECODE_DEPTH + 1):
         runs: set[str] = set()
@@ -2247,14 +2254,14 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
             candidate_views = views if views and candidate is text else _views(candidate)
             for view in candidate_views:
                 seen = [view.text]
-                if view.parent is not None and "<" in view.text:  # markup that was escaped ("&lt;wbr&gt;")
-                    uncommented = _unmarked(view.text, tags=False)
-                    seen += (_unmarked(uncommented, tags=True), re.sub(_BRACKETED, "", uncommented))
-                for joined in map(_plain, seen):
+                if view.parent is not None:  # markup that was escaped ("&lt;wbr&gt;", "%3C![CDATA[")
+                    seen += _without_markup(view.text)
+                # Its mojibake undone too, only looked through (runs are decoded from the text as it is).
+                for index, joined in enumerate(map(_plain, [*seen, *_misread(view.text)])):
                     folded = joined.casefold()
                     if not _spend(wanted.texts.cost(len(folded))) or wanted.texts.pattern.search(folded):
                         return True  # found, or more than this output may take: withheld, to be safe
-                    if depth < _DECODE_DEPTH:
+                    if depth < _DECODE_DEPTH and index < len(seen):
                         runs.update(re.findall(wanted.base64_run, joined))
                         runs.update(re.findall(_HEX_RUN, joined))
             if len(candidate_views) > _UNESCAPE_PASSES:
@@ -2264,6 +2271,40 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
             return True  # more than can be looked through: withheld, to be safe
         candidates = ["\n".join(decoded for run in runs for decoded in _decoded(run))]
     return False
+
+
+def _misread(text: str) -> list[str]:
+    """``text`` as it was before a server read its UTF-8 as Latin-1 or
+    Windows-1252 (mojibake: "pÃ¤ss" for "päss"), once or twice over, or its
+    Windows-1252 as Latin-1 ("It\x92s" for "It\u2019s")."""
+    if text.isascii():  # most texts
+        return []
+    found = []
+    if re.search("[\x80-\x9f]", text):
+        found.append(text.encode("latin-1", "ignore").decode("cp1252", _AS_WINDOWS_1252))
+    for codec in ("latin-1", "cp1252"):
+        undone = text
+        for _ in range(2):
+            undone = undone.encode(codec, _AS_WINDOWS_1252).decode("utf-8", "ignore")
+            found.append(undone)
+    return found
+
+
+def _without_markup(text: str) -> list[str]:
+    """``text`` as readers who drop its markup may read it, CDATA markers
+    gone: without tags and comments (as XML reads it), without comments only
+    (a comment inside a quoted attribute is no comment to XML, but it is to
+    a reader who drops comments first), then also without whatever is
+    between ``<`` and ``>`` (a tag inside an attribute), or from each ``<``
+    to the next ``>`` (as HTML5 reads ``<a<b>`` and ``<b x=<>``)."""
+    if "<" not in text:  # most texts
+        return []
+    uncdata = text.replace("<![CDATA[", "").replace("]]>", "")
+    uncommented = _unmarked(uncdata, tags=False)
+    # Only up to the last ">": from a "<" that none follows, _HTML_TAG would read to the end, for every one.
+    closed = uncommented.rfind(">") + 1
+    return [_unmarked(uncdata, tags=True), uncommented, re.sub(_BRACKETED, "", uncommented),
+            re.sub(_HTML_TAG, "", uncommented[:closed]) + uncommented[closed:]]
 
 
 def _unmarked(text: str, *, tags: bool) -> str:
@@ -2360,11 +2401,12 @@ def _wanted(secrets: tuple[str, ...]) -> _Wanted | None:
 
 
 def _readings(data: bytes) -> list[str]:
-    """``data`` read as UTF-8, as Latin-1 and as UTF-16 from either end, from
-    its first two bytes (what a reader may try on bytes of unknown encoding)."""
-    texts = [data.decode("utf-8", "ignore"), data.decode("latin-1")]
+    """``data`` read as UTF-8, as Windows-1252 (which is Latin-1 but for the
+    C1 controls, which show nothing) and as UTF-16 from either end, from its
+    first two bytes (what a reader may try on bytes of unknown encoding)."""
+    texts = [data.decode("utf-8", "ignore"), data.decode("cp1252", _AS_WINDOWS_1252)]
     texts += (data[start:].decode(encoding, "ignore") for encoding in ("utf-16-le", "utf-16-be") for start in range(2))
-    return list(dict.fromkeys(texts))  # (ASCII reads alike as UTF-8 and Latin-1)
+    return list(dict.fromkeys(texts))  # (ASCII reads alike as UTF-8 and Windows-1252)
 
 
 def _decoded(run: str) -> list[str]:

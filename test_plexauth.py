@@ -363,7 +363,18 @@ def echo_forms(secret: str) -> dict[str, str]:
         "percent-latin-1": urllib.parse.quote(secret, safe="", encoding="latin-1", errors="replace"),
         "hex-latin-1": secret.encode("latin-1", "replace").hex(),
         "base64-latin-1": base64.b64encode(secret.encode("latin-1", "replace")).decode(),
+        # Its UTF-8 read as Latin-1 (mojibake: "Ã¼" for "ü"), escaped, in base64, or twice over.
+        "mojibake-percent": urllib.parse.quote(mojibake(secret), safe=""),
+        "mojibake-base64": base64.b64encode(mojibake(secret).encode()).decode(),
+        "mojibake-twice": mojibake(mojibake(secret)),
+        # Markup that splits it: CDATA that was escaped, a tag as HTML5 reads it (with "<" inside).
+        "markup-cdata-escaped": secret[:5] + "&lt;![CDATA[" + secret[5:9] + "]]&gt;" + secret[9:],
+        "markup-html-tag": secret[:5] + "<b x=<>" + secret[5:],
     }
+
+
+def mojibake(text: str) -> str:
+    return text.encode().decode("latin-1")
 
 
 #: ASCII digits to Arabic-Indic ones, as a server of another locale may write them.
@@ -613,7 +624,8 @@ def assert_no_secret(text: str, canaries: tuple[str, ...] = CANARIES, depth: int
                           for view in secret_views(text, wrong_charsets=depth == 2))
     lowered = packed.lower()
     for canary in canaries:
-        assert "".join(canary.split()) not in packed
+        for spelled in spellings(canary):
+            assert "".join(spelled.split()) not in packed
         for data in encodings(canary):
             assert data.hex() not in lowered
     runs = set(re.findall(r"[A-Za-z0-9+/_-]{8,}={0,2}", packed))
@@ -631,9 +643,23 @@ def assert_no_secret(text: str, canaries: tuple[str, ...] = CANARIES, depth: int
 
 
 @functools.lru_cache(maxsize=None)
+def spellings(canary: str) -> tuple[str, ...]:
+    """``canary``, and its UTF-8 read as Latin-1 or Windows-1252, once and twice over."""
+    found = [canary]
+    for _ in range(2):
+        found += [data.decode(codec, "replace") for data in (text.encode() for text in found)
+                  for codec in ("latin-1", "cp1252")]
+    return tuple(dict.fromkeys(found))
+
+
+@functools.lru_cache(maxsize=None)
 def encodings(canary: str) -> list[bytes]:
-    """``canary`` in UTF-8, and in Latin-1 when it can be."""
-    return [canary.encode(), *([canary.encode("latin-1")] if max(canary) <= "\xff" else [])]
+    """``canary`` in UTF-8, in Latin-1 and Windows-1252 when it can be, and each of its spellings in UTF-8."""
+    found = [spelled.encode() for spelled in spellings(canary)]
+    for codec in ("latin-1", "cp1252"):
+        with contextlib.suppress(UnicodeEncodeError):
+            found.append(canary.encode(codec))
+    return list(dict.fromkeys(found))
 
 
 @functools.lru_cache(maxsize=None)
@@ -689,6 +715,19 @@ def uncommented(text: str) -> str:
         at = end + 3
 
 
+def html_untagged(text: str) -> str:
+    """``text`` without each ``<`` up to the next ``>`` (as HTML5 reads ``<a<b>``),
+    read once (``<[^>]*>`` reads on to the end from every ``<`` that none follows)."""
+    kept, at = [], 0
+    while True:
+        start = text.find("<", at)
+        end = text.find(">", start) if start >= 0 else -1
+        if end < 0:
+            return "".join(kept) + text[at:]
+        kept.append(text[at:start])
+        at = end + 1
+
+
 def readable(text: str) -> str:
     """``text`` as a reader sees it: NFKC-normalised (fullwidth and styled
     letters as plain ones), without what shows nothing (format characters and
@@ -701,16 +740,18 @@ def readable(text: str) -> str:
 def secret_views(text: str, wrong_charsets: bool = True) -> set[str]:
     """``text`` as readers might see it, each with escapes undone up to six times."""
     untagged = re.sub(r"<!\[CDATA\[|\]\]>|<[^<>]*>", "", uncommented(text))
-    mojibake = text.encode("latin-1", "ignore").decode("utf-8", "ignore")
+    misread = text.encode("latin-1", "ignore").decode("utf-8", "ignore")
     views = set()
-    for start in {text, untagged, text.replace("\x00", ""), mojibake, readable(text), readable(untagged)}:
+    for start in {text, untagged, text.replace("\x00", ""), misread, readable(text), readable(untagged),
+                  html_untagged(uncommented(text))}:
         view = start
         for _ in range(6):
             views.add(view)
             if re.search("%[89a-fA-F]", view):
                 views.add(urllib.parse.unquote_plus(view, encoding="latin-1"))  # percent-encoded from Latin-1
-            if "<" in view:
-                views.add(re.sub(r"<[^<>]*>", "", uncommented(view)))  # markup that was escaped
+            if "<" in view:  # markup that was escaped, and tags as HTML5 reads them ("<a<b>")
+                views.add(re.sub(r"<!\[CDATA\[|\]\]>|<[^<>]*>", "", uncommented(view)))
+                views.add(html_untagged(uncommented(view.replace("<![CDATA[", "").replace("]]>", ""))))
             view = urllib.parse.unquote_plus(_json_unescaped(html.unescape(view)))
         views.add(view)
     if wrong_charsets:  # UTF-16 bytes that were read as UTF-8 or Latin-1
@@ -1546,7 +1587,8 @@ SIGN_IN_SECRETS = {"token": TOKEN, "password": PASSWORD, "code": CODE}
 WITHHELD_FORMS = {"base64-wrapped", "base64-twice", "hex-of-base64", "base64-of-hex", "hex-of-utf-16",
                   "percent-5-times", "base64-of-utf-16", "markup-comment", "markup-unclosed-comment",
                   "fullwidth", "invisible-split", "fullwidth-invisible", "markup-styled", "other-digits",
-                  "markup-escaped", "hex-of-utf-16-be-after-word", "hex-latin-1", "base64-latin-1"}
+                  "markup-escaped", "hex-of-utf-16-be-after-word", "hex-latin-1", "base64-latin-1",
+                  "markup-cdata-escaped", "markup-html-tag", "mojibake-percent", "mojibake-base64", "mojibake-twice"}
 
 
 
@@ -2255,6 +2297,12 @@ def test_signin__a_token_in_an_answer_that_cannot_be_used_is_revoked(fault_serve
                                   "".join(f"&#x{ord(char):X};" for char in fullwidth(CODE)),
                                   "tok-" + CODE.encode("utf-16-le").hex(),
                                   base64.b64encode(base64.b64encode(PASSWORD.encode("utf-16-le"))).decode(),
+                                  # Its UTF-8 read as Latin-1 (mojibake), as it is and escaped; split by
+                                  # markup (CDATA, a tag as HTML5 reads it); escaped, then UTF-16, then base64.
+                                  mojibake(PASSWORD), urllib.parse.quote(mojibake(PASSWORD)),
+                                  PASSWORD[:5] + "<![CDATA[" + PASSWORD[5:9] + "]]>" + PASSWORD[9:],
+                                  PASSWORD[:5] + "<a<b>" + PASSWORD[5:],
+                                  base64.b64encode(urllib.parse.quote(PASSWORD).encode("utf-16-le")).decode(),
                                   # A JWT whose claims hold it JSON-escaped (as json.dumps writes "\u00fc").
                                   "eyJhbGciOiJIUzI1NiJ9." + base64.urlsafe_b64encode(json.dumps(
                                       {"sub": "me", "p": PASSWORD}).encode()).decode().rstrip("=") + "." + "s" * 43])
@@ -4476,7 +4524,8 @@ def test_deadline__error_bodies_made_to_cost_time_end_in_time(fault_server: Any,
 
 def test_cli__no_traceback_for_odd_server_strings(cli: Any, httpserver: HTTPServer, token_env: None) -> None:
     httpserver.expect_request("/api/v2/user").respond_with_data(
-        b'{"id": 1, "uuid": "u", "username": "\\ud800bad", "authToken": "t"}', content_type="application/json")
+        b'{"id": 1, "uuid": "u", "username": "\\ud800bad", "authToken": "odd-token-1"}',
+        content_type="application/json")
     code, out, err = cli("whoami")
     assert (code, err) == (0, "")
     assert out.startswith("username: \ufffdbad\n")
@@ -5279,6 +5328,60 @@ def test_resources__long_tokens_are_looked_through_in_time(httpserver: HTTPServe
     started = time.monotonic()
     assert [found.access_token for found in plexauth.get_resources(config)] == ["A" * 8000] * 30
     assert time.monotonic() - started < 5  # a tenth of a second here; 21 s when each took time quadratic in it
+
+
+#: A password of characters that Windows-1252 has and Latin-1 has not (a
+#: typographic apostrophe and dash, as autocorrect puts in pass phrases).
+WINDOWS_PASSWORD = "It\u2019s-my\u2013secret"
+#: One whose UTF-8 holds bytes Windows-1252 leaves undefined (0x81 for "\u0441").
+CYRILLIC_PASSWORD = "\u0441\u0435\u043a\u0440\u0435\u0442-1"
+
+
+def as_windows_1252(data: bytes) -> str:
+    """``data`` read as a browser reads Windows-1252 (its undefined bytes as C1 controls)."""
+    return "".join(bytes([byte]).decode("cp1252", "ignore") or chr(byte) for byte in data)
+
+
+WINDOWS_FORMS = {
+    "percent": (WINDOWS_PASSWORD, "".join(f"%{byte:02X}" for byte in WINDOWS_PASSWORD.encode("cp1252"))),
+    "hex": (WINDOWS_PASSWORD, WINDOWS_PASSWORD.encode("cp1252").hex()),
+    "base64": (WINDOWS_PASSWORD, base64.b64encode(WINDOWS_PASSWORD.encode("cp1252")).decode()),
+    "read-as-latin-1": (WINDOWS_PASSWORD, WINDOWS_PASSWORD.encode("cp1252").decode("latin-1")),
+    # Its UTF-8 read as Windows-1252 or Latin-1 (mojibake), as they are or escaped.
+    "mojibake": (WINDOWS_PASSWORD, as_windows_1252(WINDOWS_PASSWORD.encode())),
+    "mojibake-percent": (WINDOWS_PASSWORD, urllib.parse.quote(as_windows_1252(WINDOWS_PASSWORD.encode()))),
+    "mojibake-base64": (WINDOWS_PASSWORD,
+                        base64.b64encode(as_windows_1252(WINDOWS_PASSWORD.encode()).encode()).decode()),
+    "mojibake-latin-1-json": (WINDOWS_PASSWORD, json.dumps(WINDOWS_PASSWORD.encode().decode("latin-1"))[1:-1]),
+    "mojibake-twice": (WINDOWS_PASSWORD, as_windows_1252(as_windows_1252(WINDOWS_PASSWORD.encode()).encode())),
+    "mojibake-undefined-bytes": (CYRILLIC_PASSWORD, as_windows_1252(CYRILLIC_PASSWORD.encode())),
+}
+
+
+@pytest.mark.parametrize("form", list(WINDOWS_FORMS))
+def test_signin__a_password_echoed_in_windows_1252_is_neither_shown_nor_taken(fault_server: Any, form: str) -> None:
+    password, echo = WINDOWS_FORMS[form]
+    answers = iter([(401, {"errors": [{"code": 1001, "message": f"wrong password {echo}"}]}),
+                    (201, {"id": 1, "uuid": "u", "username": "me", "authToken": echo})])
+
+    def script(conn: socket.socket, request: Incoming) -> bool:
+        status, doc = next(answers, (204, None))
+        conn.sendall(http_answer(status, json.dumps(doc).encode() if doc else b""))
+        return True
+
+    server = fault_server(keep_alive(script))
+    config = hostile_config(server.port)
+    with raises(UnauthorizedError) as info:
+        plexauth.post_users_sign_in_data(config, "me", password)
+    exc = info.value
+    for text in (str(exc), repr(exc), exc.message or "", exc.body.decode("utf-8", "replace")):
+        assert echo not in text
+        assert password not in text
+    assert exc.message is None or "***" in exc.message
+    with raises(ResponseError) as refused:  # as a new token, refused (and revoked)
+        plexauth.post_users_sign_in_data(config, "me", password)
+    assert refused.value.reason.startswith("a token in it holds a secret the request sent")
+    assert echo not in str(refused.value)
 
 
 @pytest.mark.parametrize("xml", [False, True], ids=["json", "xml"])
