@@ -468,7 +468,7 @@ def _token(value: Any) -> str | None:
 _CONTAINED_SECRET_CHARS = 6
 #: A token's runs of base64 or hex that are decoded at most (its readings
 #: and what they decode to); past them it is refused.
-_MAX_DECODED_TOKEN_CHARS = 2 * _MAX_SECRET_LENGTH
+_MAX_DECODED_TOKEN_CHARS = 4 * _MAX_SECRET_LENGTH
 
 
 def _token_runs(text: str) -> Iterator[str]:

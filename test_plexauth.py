@@ -2323,6 +2323,24 @@ def test_signin__a_new_token_that_holds_a_secret_of_the_request_is_refused(fault
     assert revoked == [made.encode().decode("latin-1")]  # as the raw server reads the header's bytes
 
 
+def test_signin__a_long_jwt_that_holds_base64_is_taken(fault_server: Any) -> None:
+    # A JWT of 6.9 KiB whose header holds a certificate chain (x5c: base64 inside base64) is read
+    # through within the decoding budget, and taken: it holds no secret of the request.
+    rng = random.Random(9)
+
+    def part(doc: Any) -> str:
+        return base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip("=")
+
+    chain = [base64.b64encode(bytes(rng.randrange(256) for _ in range(900))).decode() for _ in range(4)]
+    made = (part({"alg": "RS256", "typ": "JWT", "x5c": chain}) + "." + part({"iss": "plex.tv", "exp": 1800000000})
+            + "." + base64.urlsafe_b64encode(bytes(rng.randrange(256) for _ in range(256))).decode().rstrip("="))
+    server, revoked = revoking_signin_server(
+        fault_server, json.dumps({"id": 1, "uuid": "u", "username": "me", "authToken": made}).encode())
+    account = plexauth.post_users_sign_in_data(hostile_config(server.port), "me", PASSWORD, verification_code=CODE)
+    assert (account.auth_token, revoked) == (made, [])
+    assert 6 * 1024 < len(made) < 8 * 1024
+
+
 @pytest.mark.parametrize("made", ["4.82913e5", "t-482913.0-x"])
 def test_signin__a_new_token_that_holds_the_code_as_a_number_is_refused(fault_server: Any, made: str) -> None:
     server, revoked = revoking_signin_server(
