@@ -592,7 +592,7 @@ def _byte_forms(secrets: tuple[str, ...]) -> _ByteForms:
     for secret in map(_plain, secrets):
         raw = secret.encode("utf-8", "surrogatepass")
         forms.update((raw, secret.encode("utf-16-le", "surrogatepass"), secret.encode("utf-16-be", "surrogatepass")))
-        for codec in ("latin-1", "cp1252"):
+        for codec in ("latin-1", "cp1252", *_LEGACY_CHARSETS):
             with contextlib.suppress(UnicodeEncodeError):
                 forms.add(secret.encode(codec))
         forms.update(core.encode("ascii") for core in _base64_cores(raw))
@@ -1922,9 +1922,13 @@ def _windows_1252(error: UnicodeError) -> tuple[str | bytes, int]:
     text percent-encoded from Latin-1 (PHP's urlencode of Latin-1 text, old
     Java), whose bytes 0x80-0x9f browsers and Windows read as Windows-1252
     (the five it leaves undefined as Latin-1, as WHATWG's decoder does).
-    Encoding, what Windows-1252 lacks is written as Latin-1, or dropped."""
+    Encoding, what the codec lacks is written as Latin-1 (the C1 controls
+    decoding made of undefined bytes), else in UTF-8: _misread undoes
+    mojibake, and a character it lacks was never mojibake."""
     if isinstance(error, UnicodeEncodeError):
-        return error.object[error.start:error.end].encode("latin-1", "ignore"), error.end
+        lacked = error.object[error.start:error.end]
+        return b"".join(char.encode("latin-1" if char <= "\xff" else "utf-8", "surrogatepass")
+                        for char in lacked), error.end
     undecoded = cast(UnicodeDecodeError, error)
     data = undecoded.object[undecoded.start:undecoded.end]
     # (cp1252's own errors, the undefined bytes, come back here: read as Latin-1.)
@@ -1969,6 +1973,30 @@ def _pieces(secrets: tuple[str, ...]) -> tuple[str, ...]:
 
 
 _STANDARD_ALPHABET = str.maketrans("-_", "+/")
+#: Charsets of servers in other locales (bytes that are not UTF-8 are read as Windows-1252).
+_LEGACY_CHARSETS = ("cp1250", "cp1251", "cp1253", "cp1254", "iso-8859-2", "iso-8859-15", "koi8-r", "mac-roman",
+                    "cp437", "cp850", "shift_jis", "gbk", "big5", "euc-kr")
+_MISREAD_SECRETS = 4
+
+
+def _legacy_forms(secrets: tuple[str, ...]) -> list[str]:
+    """What else gives away the first few of ``secrets`` that are not ASCII
+    (a request's own come first; a hostile answer of many would make
+    thousands): their UTF-8 read in the charset of another locale (mojibake:
+    _misread undoes Latin-1's and Windows-1252's), and their bytes in one,
+    read as plexauth reads bytes that are not UTF-8.  Looked for by _reveals,
+    not cut out: there are dozens, and the patterns _mask would make of them
+    would cost tens of milliseconds."""
+    found: list[str] = []
+    for secret in [secret for secret in secrets if not secret.isascii()][:_MISREAD_SECRETS]:
+        forms = [secret.encode("utf-8").decode(charset, "replace") for charset in _LEGACY_CHARSETS]
+        for charset in _LEGACY_CHARSETS:
+            with contextlib.suppress(UnicodeEncodeError):
+                data = secret.encode(charset)
+                forms += (data.decode("utf-8", _AS_WINDOWS_1252), data.decode("cp1252", _AS_WINDOWS_1252))
+        # Not one that reads shorter than the secret (bytes read as what shows nothing): "0" for "0\u00b2".
+        found += (form for form in forms if len(_plain(form)) >= len(_plain(secret)))
+    return found
 
 
 # Masking is bounded in steps (_Search), not seconds, so that what is shown
@@ -2275,19 +2303,30 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
 
 def _misread(text: str) -> list[str]:
     """``text`` as it was before a server read its UTF-8 as Latin-1 or
-    Windows-1252 (mojibake: "pÃ¤ss" for "päss"), once or twice over, or its
-    Windows-1252 as Latin-1 ("It\x92s" for "It\u2019s")."""
+    Windows-1252 (mojibake: "pÃ¤ss" for "päss"), up to three times over, in
+    all of it or in part, or its Windows-1252 as Latin-1 ("It\x92s" for
+    "It\u2019s").  (Other charsets' mojibake is looked for as _pieces of the
+    secrets: undoing each of them here, for every text, would cost more.)"""
     if text.isascii():  # most texts
         return []
     found = []
     if re.search("[\x80-\x9f]", text):
         found.append(text.encode("latin-1", "ignore").decode("cp1252", _AS_WINDOWS_1252))
+    if not re.search("[\xc2-\xf4]", text):  # no UTF-8 lead byte read as Latin-1: no mojibake (UTF-16 read wrong)
+        return found
     for codec in ("latin-1", "cp1252"):
         undone = text
-        for _ in range(2):
-            undone = undone.encode(codec, _AS_WINDOWS_1252).decode("utf-8", "ignore")
+        for _ in range(_MISREAD_TIMES):
+            # What is not UTF-8 was not mojibake (a part left as it was): it stays.
+            again = undone.encode(codec, _AS_WINDOWS_1252).decode("utf-8", _AS_WINDOWS_1252)
+            if again == undone:
+                break
+            undone = again
             found.append(undone)
     return found
+
+
+_MISREAD_TIMES = 3
 
 
 def _without_markup(text: str) -> list[str]:
@@ -2392,6 +2431,7 @@ def _wanted(secrets: tuple[str, ...]) -> _Wanted | None:
     if not secrets:
         return None
     texts = {_plain(view.text).casefold() for secret in secrets for view in _views(secret)}
+    texts |= {_plain(form).casefold() for form in _legacy_forms(secrets)}
     texts |= {secret.encode("utf-8", "surrogatepass").hex() for secret in secrets}
     texts.discard("")  # a secret of spaces (its hex is left)
     numbers = frozenset(float(secret) for secret in secrets if secret.isascii() and secret.isdigit())

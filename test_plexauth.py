@@ -5353,6 +5353,7 @@ def test_resources__long_tokens_are_looked_through_in_time(httpserver: HTTPServe
 WINDOWS_PASSWORD = "It\u2019s-my\u2013secret"
 #: One whose UTF-8 holds bytes Windows-1252 leaves undefined (0x81 for "\u0441").
 CYRILLIC_PASSWORD = "\u0441\u0435\u043a\u0440\u0435\u0442-1"
+JAPANESE_PASSWORD = "\u30d1\u30b9\u30ef\u30fc\u30c9\u79d8\u5bc6"
 
 
 def as_windows_1252(data: bytes) -> str:
@@ -5373,11 +5374,22 @@ WINDOWS_FORMS = {
     "mojibake-latin-1-json": (WINDOWS_PASSWORD, json.dumps(WINDOWS_PASSWORD.encode().decode("latin-1"))[1:-1]),
     "mojibake-twice": (WINDOWS_PASSWORD, as_windows_1252(as_windows_1252(WINDOWS_PASSWORD.encode()).encode())),
     "mojibake-undefined-bytes": (CYRILLIC_PASSWORD, as_windows_1252(CYRILLIC_PASSWORD.encode())),
+    "mojibake-three-times": (WINDOWS_PASSWORD, as_windows_1252(as_windows_1252(as_windows_1252(
+        WINDOWS_PASSWORD.encode()).encode()).encode())),
+    "mojibake-in-part": (CYRILLIC_PASSWORD, as_windows_1252(CYRILLIC_PASSWORD[:4].encode()) + CYRILLIC_PASSWORD[4:]),
+    # The charsets of servers in other locales: its UTF-8 read in one, or its bytes in one, escaped or in base64.
+    "cp1251-mojibake": (CYRILLIC_PASSWORD, CYRILLIC_PASSWORD.encode().decode("cp1251")),
+    "koi8-r-percent": (CYRILLIC_PASSWORD, urllib.parse.quote(CYRILLIC_PASSWORD, encoding="koi8-r")),
+    "cp1251-base64": (CYRILLIC_PASSWORD, base64.b64encode(CYRILLIC_PASSWORD.encode("cp1251")).decode()),
+    "mac-roman-mojibake": (PASSWORD, PASSWORD.encode().decode("mac-roman")),
+    "shift-jis-percent": (JAPANESE_PASSWORD, urllib.parse.quote(JAPANESE_PASSWORD, encoding="shift_jis")),
+    "gbk-base64": (JAPANESE_PASSWORD, base64.b64encode(JAPANESE_PASSWORD.encode("gbk")).decode()),
+    "gbk-mojibake": (JAPANESE_PASSWORD, JAPANESE_PASSWORD.encode().decode("gbk", "replace")),
 }
 
 
 @pytest.mark.parametrize("form", list(WINDOWS_FORMS))
-def test_signin__a_password_echoed_in_windows_1252_is_neither_shown_nor_taken(fault_server: Any, form: str) -> None:
+def test_signin__a_password_echoed_in_other_charsets_is_neither_shown_nor_taken(fault_server: Any, form: str) -> None:
     password, echo = WINDOWS_FORMS[form]
     answers = iter([(401, {"errors": [{"code": 1001, "message": f"wrong password {echo}"}]}),
                     (201, {"id": 1, "uuid": "u", "username": "me", "authToken": echo})])
