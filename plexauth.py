@@ -1917,19 +1917,12 @@ def _unescape(match: re.Match[str]) -> str | None:
     return " " if plus else None
 
 
-def _windows_1252(error: UnicodeError) -> tuple[str | bytes, int]:
+def _windows_1252(error: UnicodeError) -> tuple[str, int]:
     """Bytes that are not UTF-8 read as Windows-1252, one character each:
     text percent-encoded from Latin-1 (PHP's urlencode of Latin-1 text, old
     Java), whose bytes 0x80-0x9f browsers and Windows read as Windows-1252
-    (the five it leaves undefined as Latin-1, as WHATWG's decoder does).
-    Encoding, what the codec lacks is written as Latin-1 (the C1 controls
-    decoding made of undefined bytes), else in UTF-8: _misread undoes
-    mojibake, and a character it lacks was never mojibake."""
-    if isinstance(error, UnicodeEncodeError):
-        lacked = error.object[error.start:error.end]
-        return b"".join(char.encode("latin-1" if char <= "\xff" else "utf-8", "surrogatepass")
-                        for char in lacked), error.end
-    undecoded = cast(UnicodeDecodeError, error)
+    (the five it leaves undefined as Latin-1, as WHATWG's decoder does)."""
+    undecoded = cast(UnicodeDecodeError, error)  # (registered for decoding only)
     data = undecoded.object[undecoded.start:undecoded.end]
     # (cp1252's own errors, the undefined bytes, come back here: read as Latin-1.)
     text = data.decode("cp1252", _AS_WINDOWS_1252) if undecoded.encoding == "utf-8" else data.decode("latin-1")
@@ -2314,19 +2307,39 @@ def _misread(text: str) -> list[str]:
         found.append(text.encode("latin-1", "ignore").decode("cp1252", _AS_WINDOWS_1252))
     if not re.search("[\xc2-\xf4]", text):  # no UTF-8 lead byte read as Latin-1: no mojibake (UTF-16 read wrong)
         return found
-    for codec in ("latin-1", "cp1252"):
-        undone = text
-        for _ in range(_MISREAD_TIMES):
-            # What is not UTF-8 was not mojibake (a part left as it was): it stays.
-            again = undone.encode(codec, _AS_WINDOWS_1252).decode("utf-8", _AS_WINDOWS_1252)
-            if again == undone:
-                break
-            undone = again
-            found.append(undone)
+    # Each character Latin-1 or Windows-1252 reads a byte as (in any mix), as
+    # that byte: a surrogate "surrogateescape" writes as it (no Python call for each).
+    as_bytes, as_chars = _byte_tables()
+    undone = text
+    for _ in range(_MISREAD_TIMES):
+        try:
+            data = undone.translate(as_bytes).encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a lone surrogate of its own: no text a server could have made
+            break
+        # What is no UTF-8 was not mojibake (a part left as it was): it stays, read as Windows-1252.
+        again = data.decode("utf-8", "surrogateescape").translate(as_chars)
+        if again == undone:
+            break
+        undone = again
+        found.append(undone)
     return found
 
 
 _MISREAD_TIMES = 3
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_tables() -> tuple[dict[int, int], dict[int, int]]:
+    """For _misread: the characters Latin-1 and Windows-1252 read bytes
+    0x80-0xff as, to the surrogates U+DC80-U+DCFF that stand for those
+    bytes; and those back to what Windows-1252 reads (Latin-1 where it
+    leaves a byte undefined)."""
+    as_bytes: dict[int, int] = {}
+    for codec in ("latin-1", "cp1252"):
+        chars = bytes(range(0x80, 0x100)).decode(codec, _AS_WINDOWS_1252)  # one each
+        as_bytes.update((ord(char), 0xDC00 + byte) for byte, char in zip(range(0x80, 0x100), chars))
+    # (Windows-1252's characters come later, so they are what a byte 0x80-0x9f reads back as.)
+    return as_bytes, {surrogate: char for char, surrogate in as_bytes.items()}
 
 
 def _without_markup(text: str) -> list[str]:
