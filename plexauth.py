@@ -1987,8 +1987,9 @@ def _legacy_forms(secrets: tuple[str, ...]) -> list[str]:
             with contextlib.suppress(UnicodeEncodeError):
                 data = secret.encode(charset)
                 forms += (data.decode("utf-8", _AS_WINDOWS_1252), data.decode("cp1252", _AS_WINDOWS_1252))
-        # Not one that reads shorter than the secret (bytes read as what shows nothing): "0" for "0\u00b2".
-        found += (form for form in forms if len(_plain(form)) >= len(_plain(secret)))
+        # Not one that reads shorter than the secret (bytes read as what shows nothing: "0" for "0\u00b2"),
+        # nor all ASCII ("\u2122" read "TM": "tm1234" for "\u00f4\u00e81234" in Mac Roman).
+        found += (form for form in map(_plain, forms) if len(form) >= len(_plain(secret)) and not form.isascii())
     return found
 
 
@@ -2466,11 +2467,11 @@ def _readings(data: bytes) -> list[str]:
 
 def _decoded(run: str) -> list[str]:
     """What ``run`` may say (_decoded_bytes), each as _readings reads it,
-    and as UTF-8 with mojibake undone (the base64 of "pÃ¤ss")."""
+    and with mojibake undone (the base64 of "pÃ¤ss", or of its UTF-16)."""
     texts: list[str] = []
     for data in _decoded_bytes(run):
         readings = _readings(data)
-        texts += (*readings, *_misread(readings[0]))
+        texts += (*readings, *(undone for reading in readings for undone in _misread(reading)))
     return texts
 
 
