@@ -2467,11 +2467,11 @@ def _readings(data: bytes) -> list[str]:
 
 def _decoded(run: str) -> list[str]:
     """What ``run`` may say (_decoded_bytes), each as _readings reads it,
-    and with mojibake undone (the base64 of "pÃ¤ss", or of its UTF-16)."""
+    and as UTF-8 with mojibake undone (the base64 of "pÃ¤ss")."""
     texts: list[str] = []
     for data in _decoded_bytes(run):
         readings = _readings(data)
-        texts += (*readings, *(undone for reading in readings for undone in _misread(reading)))
+        texts += (*readings, *_misread(readings[0]))
     return texts
 
 
