@@ -1969,28 +1969,28 @@ _STANDARD_ALPHABET = str.maketrans("-_", "+/")
 #: Charsets of servers in other locales (bytes that are not UTF-8 are read as Windows-1252).
 _LEGACY_CHARSETS = ("cp1250", "cp1251", "cp1253", "cp1254", "iso-8859-2", "iso-8859-15", "koi8-r", "mac-roman",
                     "cp437", "cp850", "shift_jis", "gbk", "big5", "euc-kr")
-_MISREAD_SECRETS = 4
+#: Secrets that are not ASCII given _legacy_forms, at most (a request's own
+#: come first; a hostile answer of many would make thousands of forms).
+_LEGACY_SECRETS = 4
 
 
-def _legacy_forms(secrets: tuple[str, ...]) -> list[str]:
-    """What else gives away the first few of ``secrets`` that are not ASCII
-    (a request's own come first; a hostile answer of many would make
-    thousands): their UTF-8 read in the charset of another locale (mojibake:
-    _misread undoes Latin-1's and Windows-1252's), and their bytes in one,
-    read as plexauth reads bytes that are not UTF-8.  Looked for by _reveals,
-    not cut out: there are dozens, and the patterns _mask would make of them
-    would cost tens of milliseconds."""
-    found: list[str] = []
-    for secret in [secret for secret in secrets if not secret.isascii()][:_MISREAD_SECRETS]:
-        forms = [secret.encode("utf-8").decode(charset, "replace") for charset in _LEGACY_CHARSETS]
-        for charset in _LEGACY_CHARSETS:
-            with contextlib.suppress(UnicodeEncodeError):
-                data = secret.encode(charset)
-                forms += (data.decode("utf-8", _AS_WINDOWS_1252), data.decode("cp1252", _AS_WINDOWS_1252))
-        # Not one that reads shorter than the secret (bytes read as what shows nothing: "0" for "0\u00b2"),
-        # nor all ASCII ("\u2122" read "TM": "tm1234" for "\u00f4\u00e81234" in Mac Roman).
-        found += (form for form in map(_plain, forms) if len(form) >= len(_plain(secret)) and not form.isascii())
-    return found
+@functools.lru_cache(maxsize=64)  # the same password in the secrets of every answer of a command
+def _legacy_forms(secret: str) -> tuple[str, ...]:
+    """What else gives ``secret`` (not ASCII) away, as _plain reads it: its
+    UTF-8 read in the charset of another locale (mojibake: _misread undoes
+    Latin-1's and Windows-1252's), and its bytes in one, read as plexauth
+    reads bytes that are not UTF-8.  Looked for by _wanted, not cut out:
+    there are dozens, and the patterns _mask would make of them would cost
+    tens of milliseconds."""
+    forms = [secret.encode("utf-8", "surrogatepass").decode(charset, "replace") for charset in _LEGACY_CHARSETS]
+    for charset in _LEGACY_CHARSETS:
+        with contextlib.suppress(UnicodeEncodeError):
+            data = secret.encode(charset)
+            forms += (data.decode("utf-8", _AS_WINDOWS_1252), data.decode("cp1252", _AS_WINDOWS_1252))
+    # Not one that reads shorter than the secret (bytes read as what shows nothing: "0" for "0\u00b2"),
+    # nor all ASCII ("\u2122" read "TM": "tm1234" for "\u00f4\u00e81234" in Mac Roman).
+    shortest = len(_plain(secret))
+    return tuple(dict.fromkeys(form for form in map(_plain, forms) if len(form) >= shortest and not form.isascii()))
 
 
 # Masking is bounded in steps (_Search), not seconds, so that what is shown
@@ -2249,7 +2249,8 @@ def _reveals(text: str, secrets: tuple[str, ...], views: list[_View] | None = No
     base64), characters that show nothing, fullwidth or styled letters and
     other scripts' digits (as _plain reads them), in any mix with the
     others, text decoded with the wrong charset (UTF-16 read as UTF-8 or
-    Latin-1, UTF-8 as Latin-1), more escapes than _mask undoes, base64 or hex
+    Latin-1, mojibake: _misread; the charsets of other locales:
+    _legacy_forms), more escapes than _mask undoes, base64 or hex
     of any of these, up to _DECODE_DEPTH times over.  Past the call's
     deadline it raises _OutOfTime (through _View.unescaped)."""
     pieces = _pieces(secrets)
@@ -2301,18 +2302,18 @@ def _misread(text: str) -> list[str]:
     """``text`` as it was before a server read its UTF-8 as Latin-1 or
     Windows-1252 (mojibake: "pÃ¤ss" for "päss"), up to three times over, in
     all of it or in part, or its Windows-1252 as Latin-1 ("It\x92s" for
-    "It\u2019s").  (Other charsets' mojibake is looked for as _pieces of the
-    secrets: undoing each of them here, for every text, would cost more.)"""
+    "It\u2019s").  (Other charsets' mojibake is looked for as _legacy_forms
+    of the secrets: undoing each of them here, for every text, would cost more.)"""
     if text.isascii():  # most texts
         return []
-    found = []
-    if re.search("[\x80-\x9f]", text):
-        found.append(text.encode("latin-1", "ignore").decode("cp1252", _AS_WINDOWS_1252))
-    if not re.search("[\xc2-\xf4]", text):  # no UTF-8 lead byte read as Latin-1: no mojibake (UTF-16 read wrong)
-        return found
     # Each character Latin-1 or Windows-1252 reads a byte as (in any mix), as
     # that byte: a surrogate "surrogateescape" writes as it (no Python call for each).
     as_bytes, as_chars = _byte_tables()
+    found = []
+    if re.search("[\x80-\x9f]", text):  # C1 controls: Windows-1252's bytes read as Latin-1
+        found.append(text.translate(as_bytes).translate(as_chars))
+    if not re.search("[\xc2-\xf4]", text):  # no UTF-8 lead byte read as Latin-1: no mojibake (UTF-16 read wrong)
+        return found
     undone = text
     for _ in range(_MISREAD_TIMES):
         try:
@@ -2447,7 +2448,8 @@ def _wanted(secrets: tuple[str, ...]) -> _Wanted | None:
     if not secrets:
         return None
     texts = {_plain(view.text).casefold() for secret in secrets for view in _views(secret)}
-    texts |= {_plain(form).casefold() for form in _legacy_forms(secrets)}
+    not_ascii = [secret for secret in secrets if not secret.isascii()][:_LEGACY_SECRETS]
+    texts |= {form.casefold() for secret in not_ascii for form in _legacy_forms(secret)}
     texts |= {secret.encode("utf-8", "surrogatepass").hex() for secret in secrets}
     texts.discard("")  # a secret of spaces (its hex is left)
     numbers = frozenset(float(secret) for secret in secrets if secret.isascii() and secret.isdigit())
